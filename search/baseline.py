@@ -1,0 +1,75 @@
+"""The reference model: loaded from a checkpoint, or trained once and cached."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from search.finetune import FinetuneSettings, finetune
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or whose weights do not fit the model."""
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state_dict strictly; only tensors are unpickled (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model.checkpoint={str(path)!r}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise CheckpointError(f"model.checkpoint={str(path)!r} is not a readable torch checkpoint "
+                              f"(a state_dict saved with torch.save): {str(exc).splitlines()[0]}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"model.checkpoint={str(path)!r} holds a {type(state).__name__}, not a state_dict")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"model.checkpoint={str(path)!r} does not match the model: "
+            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}, wrong shapes {wrong[:5]}")
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def cache_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def trained_baseline(make_model: Callable[[], nn.Module], train: torch.utils.data.Dataset, *,
+                     settings: FinetuneSettings, cache_dir: Path, key: str, seed: int = 0,
+                     log_curve: Callable[[int, float, float], None] | None = None) -> nn.Module:
+    """Train the baseline with ``settings``, or reuse the checkpoint a previous run cached."""
+    path = cache_dir / f"baseline-{key}.pt"
+    torch.manual_seed(seed)
+    model = make_model()
+    if path.is_file():
+        log.info("reusing cached baseline %s", path)
+        return load_checkpoint(model, path)
+    log.info("no checkpoint given: training the baseline (%d steps), cached at %s", settings.steps, path)
+    finetune(model, train, settings, seed=seed, log=log_curve)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(model.state_dict(), partial)
+    os.replace(partial, path)  # atomic: a concurrent worker never reads half a file
+    return model.eval()
+
+
+def metrics_summary(metrics: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))

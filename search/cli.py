@@ -1,0 +1,175 @@
+"""``autosqueeze <command> [hydra overrides]``: the only code that sees Hydra's DictConfig."""
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from evaluators.base import Constraint, Objective
+from search.baseline import cache_key
+from search.finetune import FinetuneSettings
+from search.study import SearchSettings
+from search.tracking import TrackingSettings
+from spaces.quantization import QuantSettings
+from spaces.space import PruneSpec, QuantSpec
+
+USAGE = """usage: autosqueeze COMMAND [KEY=VALUE ...]
+
+commands:
+  search   run (or resume) a compression search and print its Pareto front
+  export   write a deploy folder for one trial of a finished study
+
+Overrides use Hydra syntax, e.g.  autosqueeze search search.n_trials=40 space.prune.ratios=[0,0.25,0.5]
+Show the composed config with:      autosqueeze search --cfg"""
+EXIT_USAGE = 2
+log = logging.getLogger("autosqueeze")
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def load_config(overrides: list[str]) -> DictConfig:
+    try:
+        with initialize_config_module(config_module="conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UsageError(f"config: {str(exc).splitlines()[0]}") from exc
+    return cfg
+
+
+def plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _tuple(value: Any) -> tuple | None:
+    return None if value is None else tuple(value)
+
+
+def prune_spec(cfg: DictConfig) -> PruneSpec:
+    p = plain(cfg.space.prune)
+    return PruneSpec(ratios=_tuple(p["ratios"]), low=p["low"], high=p["high"], step=p["step"],
+                     exclude=tuple(p["exclude"]), round_to=p["round_to"], importance=p["importance"])
+
+
+def quant_spec(cfg: DictConfig) -> QuantSpec:
+    q = plain(cfg.space.quant)
+    settings = QuantSettings(activation_type=q["activation_type"], per_channel=q["per_channel"],
+                             calibration=q["calibration"], calib_batch_size=q["calib_batch_size"])
+    return QuantSpec(precisions=tuple(q["precisions"]), exclude=tuple(q["exclude"]), settings=settings)
+
+
+def search_settings(cfg: DictConfig) -> SearchSettings:
+    s = plain(cfg.search)
+    s.pop("finetune")
+    return SearchSettings(**s)
+
+
+def data_splits(cfg: DictConfig):
+    from zoo.data import coerce_splits
+
+    return coerce_splits(instantiate(cfg.data, _convert_="all"))
+
+
+def build_job(cfg: DictConfig):
+    """Every object the search needs, built and validated before any training starts."""
+    from search.runner import Job
+
+    prune, quant, search = prune_spec(cfg), quant_spec(cfg), search_settings(cfg)
+    evaluator_cfg = cfg.evaluator
+    evaluators = [instantiate(node) for node in evaluator_cfg.evaluators.values()]
+    objectives = [Objective(**o) for o in plain(evaluator_cfg.objectives)]
+    constraints = [Constraint(**c) for c in plain(evaluator_cfg.constraints)]
+    tracking = None if cfg.tracking.uri is None else TrackingSettings(**plain(cfg.tracking))
+    make_model: Callable = partial(instantiate, cfg.model.factory)
+    data = data_splits(cfg)
+    params = {f"settings.{k}": v for k, v in _flat(plain(cfg.search)).items()}
+    params.update({f"settings.space.{k}": v for k, v in _flat(plain(cfg.space)).items()})
+    job = Job(make_model=make_model, data=data, evaluators=evaluators, objectives=objectives,
+              constraints=constraints, search=search, run_dir=Path(cfg.paths.run_dir),
+              cache_dir=Path(cfg.paths.cache_dir),
+              model_key=cache_key(plain(cfg.model), plain(cfg.data)),
+              checkpoint=cfg.model.checkpoint, baseline_training=FinetuneSettings(**plain(cfg.model.train)),
+              finetune=FinetuneSettings(**plain(cfg.search.finetune)), prune=prune, quant=quant,
+              tracking=tracking, storage=cfg.storage, settings_params=params)
+    job.check()
+    return job
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def cmd_search(cfg: DictConfig) -> int:
+    from search import pareto
+    from search.runner import run_search
+
+    job = build_job(cfg)
+    outcome = run_search(job, on_stage=lambda n, stage: log.info("trial %d: %s", n, stage))
+    print(f"\nPareto front of study {job.search.study_name!r} ({len(outcome.study.trials)} trials, "
+          f"hypervolume {outcome.hypervolume:.4f}):")
+    print(pareto.table(outcome.front, outcome.baseline))
+    print("\nfiles: " + ", ".join(str(p) for p in outcome.files))
+    return 1 if outcome.stopped_early else 0
+
+
+def cmd_export(cfg: DictConfig) -> int:
+    from search.export import ExportSettings, export_command
+
+    return export_command(build_job(cfg), ExportSettings(**plain(cfg.export)))
+
+
+COMMANDS: dict[str, Callable[[DictConfig], int]] = {"search": cmd_search, "export": cmd_export}
+
+
+def configure_logging(cfg: DictConfig) -> None:
+    level = logging.WARNING if cfg.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("alembic", "mlflow", "root", "onnxruntime"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "root" else logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else EXIT_USAGE
+    command, overrides = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"autosqueeze: unknown command {command!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        cfg = load_config([o for o in overrides if o != "--cfg"])
+        if "--cfg" in overrides:
+            print(OmegaConf.to_yaml(cfg))
+            return 0
+        configure_logging(cfg)
+        return COMMANDS[command](cfg)
+    except UsageError as exc:
+        print(f"autosqueeze: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, TypeError, FileNotFoundError, HydraException) as exc:
+        print(f"autosqueeze: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Brief supervised training: recovers accuracy after pruning, and trains a missing baseline."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite; the trial cannot be scored."""
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """``steps`` optimizer updates of ``batch_size`` samples, cosine-decayed from ``lr``."""
+
+    steps: int = 150
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"fine-tune needs steps >= 0, batch_size >= 1 and lr > 0; got {self}")
+
+
+Logger = Callable[[int, float, float], None]
+"""Called as ``log(step, loss, running_accuracy_percent)`` every ``log_every`` steps."""
+
+
+def _optimizer(model: nn.Module, settings: FinetuneSettings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=0.9, nesterov=True,
+                               weight_decay=settings.weight_decay)
+    cls = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def finetune(model: nn.Module, train: Dataset, settings: FinetuneSettings, *, seed: int = 0,
+             log: Logger | None = None) -> list[tuple[int, float, float]]:
+    """Train ``model`` in place; returns the logged curve ``[(step, loss, accuracy), ...]``.
+
+    Raises :class:`DivergedError` on a non-finite loss so the trial fails with a reason.
+    """
+    if settings.steps == 0:
+        return []
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train, batch_size=settings.batch_size, shuffle=True, drop_last=True,
+                        generator=generator)
+    optimizer = _optimizer(model, settings)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.steps)
+    loss_fn = nn.CrossEntropyLoss()
+    curve: list[tuple[int, float, float]] = []
+    seen = correct = 0
+    loss_sum = 0.0
+    step = 0
+    model.train()
+    while step < settings.steps:
+        for inputs, labels in loader:
+            logits = model(inputs)
+            loss = loss_fn(logits, labels)
+            if not math.isfinite(loss.item()):
+                raise DivergedError(f"fine-tune loss became {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            loss_sum += loss.item() * len(labels)
+            seen += len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            if step % settings.log_every == 0 or step == settings.steps:
+                point = (step, loss_sum / seen, 100.0 * correct / seen)
+                curve.append(point)
+                if log is not None:
+                    log(*point)
+                seen = correct = 0
+                loss_sum = 0.0
+            if step >= settings.steps:
+                break
+    model.eval()
+    return curve

@@ -1,0 +1,99 @@
+"""The Pareto front of finished trials: selection, hypervolume, table and files."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+from optuna._hypervolume import compute_hypervolume  # the implementation Optuna's own plots use
+
+if TYPE_CHECKING:
+    from evaluators.base import Objective
+    from search.trial import TrialResult
+
+COLUMNS = ("trial", "accuracy", "accuracy_drop", "size_bytes", "compressed_bytes", "latency_ms",
+           "latency_p90_ms", "speedup", "size_ratio", "params", "macs")
+
+
+def _losses(metrics: Sequence[Mapping[str, float]], objectives: Sequence[Objective]) -> np.ndarray:
+    """Objective values turned into "smaller is better" form."""
+    sign = np.array([1.0 if o.direction == "minimize" else -1.0 for o in objectives])
+    return np.array([[m[o.metric] for o in objectives] for m in metrics], dtype=float).reshape(-1, len(objectives)) * sign
+
+
+def front(results: Sequence[TrialResult], objectives: Sequence[Objective]) -> list[TrialResult]:
+    """The non-dominated results, in trial order. Pass only feasible trials."""
+    losses = _losses([r.metrics for r in results], objectives)
+    keep = []
+    for i, row in enumerate(losses):
+        dominated = np.any(np.all(losses <= row, axis=1) & np.any(losses < row, axis=1))
+        duplicate = any(np.array_equal(row, losses[j]) for j in keep)
+        if not dominated and not duplicate:
+            keep.append(i)
+    return [results[i] for i in keep]
+
+
+def hypervolume(results: Sequence[TrialResult], objectives: Sequence[Objective],
+                baseline: Mapping[str, float], *, margin: float = 0.05) -> float:
+    """Hypervolume of the results, each objective normalised by the baseline's value.
+
+    The reference point is the baseline for minimised metrics (a model no smaller or
+    faster than the baseline adds nothing) and ``1 - margin`` of it for maximised ones,
+    so studies on the same baseline are comparable whatever their samplers.
+    """
+    if not results:
+        return 0.0
+    scale = np.array([baseline[o.metric] for o in objectives], dtype=float)
+    losses = _losses([{o.metric: r.metrics[o.metric] / s for o, s in zip(objectives, scale)} for r in results],
+                     objectives)
+    reference = np.array([1.0 if o.direction == "minimize" else -(1.0 - margin) for o in objectives])
+    inside = np.all(losses < reference, axis=1)
+    if not inside.any():
+        return 0.0
+    return float(compute_hypervolume(losses[inside], reference))
+
+
+def rows(results: Sequence[TrialResult]) -> list[dict[str, float | int | str]]:
+    out = []
+    for r in results:
+        row: dict[str, float | int | str] = {"trial": r.number}
+        row.update({c: r.metrics[c] for c in COLUMNS[1:] if c in r.metrics})
+        row["sha256"] = r.sha256
+        out.append(row)
+    return out
+
+
+def table(results: Sequence[TrialResult], baseline: Mapping[str, float]) -> str:
+    """A fixed-width text table of the front, with the baseline as the first line."""
+    header = f"{'trial':>8} {'acc %':>7} {'drop':>6} {'size KB':>9} {'zstd KB':>9} {'lat ms':>8} {'speedup':>8} {'smaller':>8}"
+    lines = [header, "-" * len(header)]
+
+    def line(label: str, m: Mapping[str, float]) -> str:
+        return (f"{label:>8} {m['accuracy']:7.2f} {m.get('accuracy_drop', 0.0):6.2f} {m['size_bytes'] / 1e3:9.1f} "
+                f"{m['compressed_bytes'] / 1e3:9.1f} {m['latency_ms']:8.3f} {m.get('speedup', 1.0):7.2f}x "
+                f"{m.get('size_ratio', 1.0):7.2f}x")
+
+    lines.append(line("baseline", baseline))
+    lines += [line(str(r.number), r.metrics) for r in sorted(results, key=lambda r: r.metrics["size_bytes"])]
+    return "\n".join(lines)
+
+
+def write_front(results: Sequence[TrialResult], *, out_dir: Path, baseline: Mapping[str, float],
+                hv: float, objectives: Sequence[Objective]) -> tuple[Path, Path]:
+    """``front.csv`` (one row per member) and ``front.json`` (members, plans, baseline, hypervolume)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out_dir / "front.csv", out_dir / "front.json"
+    table_rows = rows(results)
+    fields = list(dict.fromkeys(k for row in table_rows for k in row)) or list(COLUMNS)
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(table_rows)
+    payload = {"objectives": [{"metric": o.metric, "direction": o.direction} for o in objectives],
+               "hypervolume": hv, "baseline": dict(baseline),
+               "front": [{"trial": r.number, "metrics": dict(r.metrics), "plan": r.plan.to_dict(),
+                          "model_path": r.model_path, "sha256": r.sha256} for r in results]}
+    json_path.write_text(json.dumps(payload, indent=2))
+    return csv_path, json_path

@@ -1,0 +1,179 @@
+"""A whole search, from plain settings: baseline, study, trials, front, files and MLflow."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import optuna
+import torch
+
+from evaluators.base import check_metrics
+from search import pareto
+from search.baseline import load_checkpoint, trained_baseline
+from search.finetune import FinetuneSettings
+from search.onnx_export import export_onnx
+from search.secrets import redact
+from search.study import (FINISHED, FailureLimit, SearchSettings, enqueue_references, feasible_results, objective_fn,
+                          open_study, remaining_trials)
+from search.tracking import Tracker, TrackingSettings
+from search.trial import SearchContext, TrialResult, measure, sha256_of
+from spaces.space import PruneSpec, QuantSpec, Space
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from evaluators.base import Constraint, Evaluator, Objective
+    from zoo.data import DataSplits
+
+log = logging.getLogger("autosqueeze")
+DERIVED = ("accuracy_drop", "size_ratio", "compressed_ratio", "speedup")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A search fully described by plain objects (the CLI builds it from the Hydra config)."""
+
+    make_model: Callable[[], nn.Module]
+    data: DataSplits
+    evaluators: Sequence[Evaluator]
+    objectives: Sequence[Objective]
+    constraints: Sequence[Constraint]
+    search: SearchSettings
+    run_dir: Path
+    cache_dir: Path
+    model_key: str
+    checkpoint: str | None = None
+    baseline_training: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(steps=1500))
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    quant: QuantSpec = field(default_factory=QuantSpec)
+    tracking: TrackingSettings | None = field(default_factory=TrackingSettings)
+    storage: str | None = None
+    settings_params: dict = field(default_factory=dict)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.run_dir / 'study.db').resolve()}"
+
+    def check(self) -> None:
+        """Config errors that need no model: raise before any training."""
+        available = [m for e in self.evaluators for m in e.metrics] + list(DERIVED)
+        check_metrics(self.objectives, self.constraints, available)
+
+
+def baseline_model(job: Job) -> nn.Module:
+    if job.checkpoint:
+        return load_checkpoint(job.make_model(), job.checkpoint)
+    return trained_baseline(job.make_model, job.data.train, settings=job.baseline_training,
+                            cache_dir=job.cache_dir, key=job.model_key, seed=job.search.seed)
+
+
+def build_context(job: Job, study: optuna.Study) -> SearchContext:
+    """The baseline, its metrics (measured once per study and shared) and the space."""
+    torch.manual_seed(job.search.seed)
+    model = baseline_model(job)
+    example = torch.from_numpy(job.data.eval.inputs[:1]).float()
+    space = Space.build(model, example, prune_spec=job.prune, quant_spec=job.quant)
+    metrics = study.user_attrs.get("baseline")
+    if metrics is None:
+        path = export_onnx(model, example, _mkdir(job.run_dir / "baseline") / "model.onnx")
+        metrics = measure(path, job.data, job.evaluators)
+        study.set_user_attr("baseline", metrics)
+        study.set_user_attr("baseline_sha256", sha256_of(path))
+    return SearchContext(baseline=model, baseline_metrics=metrics, data=job.data, space=space,
+                         finetune=job.finetune, evaluators=job.evaluators, run_dir=job.run_dir,
+                         seed=job.search.seed)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class FrontTags:
+    """After each trial, moves MLflow's ``pareto`` tag to the current front members."""
+
+    def __init__(self, tracker: Tracker, objectives: Sequence[Objective]) -> None:
+        self.tracker, self.objectives = tracker, objectives
+        self.members: set[str] = set()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_ids = {t.number: t.user_attrs.get("mlflow_run_id") for t in study.get_trials(deepcopy=False)}
+        current = {run_ids[r.number] for r in pareto.front(feasible_results(study), self.objectives)} - {None}
+        changed = {rid: rid in current for rid in current ^ self.members}
+        self.tracker.mark_front(changed)
+        self.members = current
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    study: optuna.Study
+    front: list[TrialResult]
+    baseline: dict
+    hypervolume: float
+    files: tuple[Path, ...]
+    stopped_early: bool
+
+
+def run_search(job: Job, *, on_stage: Callable[[int, str], None] | None = None) -> SearchOutcome:
+    job.check()
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(job.search, job.storage_url, job.objectives)
+    ctx = build_context(job, study)
+    tracker = Tracker(job.tracking) if job.tracking else None
+    parent = None
+    if tracker:
+        parent = tracker.parent_run(job.search.study_name, study.user_attrs.get("mlflow_parent_run_id"),
+                                    {**job.settings_params, "storage": redact(job.storage_url)})
+        study.set_user_attr("mlflow_parent_run_id", parent)
+        tracker.log_baseline(parent, ctx.baseline_metrics)
+    enqueue_references(study, ctx, job.search.reference_ratio)
+    limit = FailureLimit(job.search.max_failures)
+    callbacks: list = [limit] + ([FrontTags(tracker, job.objectives)] if tracker else [])
+    todo = remaining_trials(study, job.search.n_trials)
+    log.info("study %r: %d trials finished, %s to run", job.search.study_name,
+             len(study.get_trials(deepcopy=False, states=FINISHED)), "no limit on trials" if todo is None else todo)
+    status = "FINISHED"
+    try:
+        if todo != 0:
+            study.optimize(objective_fn(ctx, job.objectives, job.constraints, tracker=tracker, parent_run=parent,
+                                        trial_params=job.settings_params, on_stage=on_stage),
+                           n_trials=todo, timeout=job.search.timeout, catch=(Exception,), callbacks=callbacks)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        log.warning("interrupted: the current trial was recorded as failed; the front so far follows")
+    finally:
+        outcome = finish(job, study, ctx.baseline_metrics, tracker, parent, status=status)
+    if limit.tripped:
+        log.error("stopped after %d consecutive failed trials; last error: %s", limit.streak,
+                  study.trials[-1].user_attrs.get("error", "see the study"))
+        return SearchOutcome(**{**outcome.__dict__, "stopped_early": True})
+    return outcome
+
+
+def finish(job: Job, study: optuna.Study, baseline: dict, tracker: Tracker | None, parent: str | None, *,
+           status: str) -> SearchOutcome:
+    """Front, hypervolume, files and final MLflow logging from whatever the study holds now."""
+    members = pareto.front(feasible_results(study), job.objectives)
+    hv = pareto.hypervolume(members, job.objectives, baseline)
+    files = pareto.write_front(members, out_dir=job.run_dir, baseline=baseline, hv=hv, objectives=job.objectives)
+    if tracker and parent:
+        tracker.log_front(parent, {"hypervolume": hv, "front_size": len(members),
+                                   "n_trials": len(study.trials)})
+        for path in files:
+            tracker.log_artifact(parent, str(path))
+        if job.tracking and job.tracking.log_front_models:
+            run_ids = {t.number: t.user_attrs.get("mlflow_run_id") for t in study.trials}
+            for member in members:
+                if run_ids.get(member.number) and Path(member.model_path).is_file():
+                    tracker.log_artifact(run_ids[member.number], member.model_path, "model")
+        tracker.end_study(parent, status=status)
+    return SearchOutcome(study=study, front=members, baseline=baseline, hypervolume=hv, files=files,
+                         stopped_early=False)
+
+
+def elapsed(start: float) -> str:
+    return f"{time.perf_counter() - start:.1f} s"

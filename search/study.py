@@ -1,0 +1,160 @@
+"""The Optuna study: creation or resumption, samplers, reference plans and the trial loop."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.trial import SearchContext, TrialResult, run_trial
+
+if TYPE_CHECKING:
+    from evaluators.base import Constraint, Objective
+    from search.tracking import Tracker
+
+log = logging.getLogger(__name__)
+SAMPLERS = ("nsga2", "tpe", "random")
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
+
+
+class StudyMismatchError(ValueError):
+    """An existing study was created with other objectives than the config declares."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    study_name: str = "autosqueeze"
+    n_trials: int | None = 20
+    timeout: float | None = None
+    sampler: str = "nsga2"
+    population_size: int = 8
+    seed: int = 0
+    reference_ratio: float = 0.25
+    max_failures: int = 5
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"search.sampler={self.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+        if self.n_trials is None and self.timeout is None:
+            raise ValueError("search.n_trials and search.timeout are both null; set at least one budget")
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.COMPLETE and all(v <= 0 for v in trial.user_attrs.get("constraints", [1.0]))
+
+
+def _constraints(trial: FrozenTrial) -> Sequence[float]:
+    return trial.user_attrs.get("constraints", [float("inf")])
+
+
+def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
+    if settings.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=settings.population_size, seed=settings.seed,
+                                             constraints_func=_constraints)
+    if settings.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=settings.seed, constraints_func=_constraints, multivariate=True)
+    return optuna.samplers.RandomSampler(seed=settings.seed)
+
+
+def open_study(settings: SearchSettings, storage: str | optuna.storages.BaseStorage,
+               objectives: Sequence[Objective]) -> optuna.Study:
+    """Create the study, or load it when one of that name exists; its objectives must match."""
+    study = optuna.create_study(study_name=settings.study_name, storage=storage, load_if_exists=True,
+                                directions=[o.direction for o in objectives], sampler=make_sampler(settings))
+    declared = [o.metric for o in objectives]
+    stored = study.user_attrs.get("objectives")
+    if stored is None:
+        study.set_user_attr("objectives", declared)
+    elif stored != declared:
+        raise StudyMismatchError(f"study {settings.study_name!r} optimises {stored}, the config declares "
+                                 f"{declared}; use another search.study_name or the same objectives")
+    return study
+
+
+def results(study: optuna.Study) -> list[TrialResult]:
+    """Every completed trial's result, in trial order."""
+    return [TrialResult.from_attrs(t.number, t.user_attrs["result"])
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "result" in t.user_attrs]
+
+
+def feasible_results(study: optuna.Study) -> list[TrialResult]:
+    return [TrialResult.from_attrs(t.number, t.user_attrs["result"])
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if feasible(t) and "result" in t.user_attrs]
+
+
+def enqueue_references(study: optuna.Study, ctx: SearchContext, ratio: float) -> None:
+    """Queue the hand-made plans first, once per study, so the front is never worse than them."""
+    if study.user_attrs.get("references_enqueued") or study.get_trials(deepcopy=False):
+        return
+    study.set_user_attr("references_enqueued", True)
+    for plan in ctx.space.reference_plans(uniform_ratio=ratio):
+        try:
+            ctx.space.check(plan)
+        except ValueError as exc:
+            log.warning("reference plan skipped: %s", exc)
+            continue
+        study.enqueue_trial(plan.params(), user_attrs={"reference": True}, skip_if_exists=True)
+
+
+class FailureLimit:
+    """Stops the study after ``limit`` consecutive failed trials: something is wrong with the setup."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.streak = 0
+        self.tripped = False
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
+        if self.limit and self.streak >= self.limit:
+            self.tripped = True
+            study.stop()
+
+
+def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraints: Sequence[Constraint], *,
+                 tracker: Tracker | None, parent_run: str | None, trial_params: dict[str, Any],
+                 on_stage: Callable[[int, str], None] | None = None) -> Callable[[optuna.Trial], list[float]]:
+    """The function Optuna calls: sample a plan, run it, record everything, return the objectives."""
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        plan = ctx.space.suggest(trial)
+        run_id = tracker.trial_run(parent_run, trial.number, {**plan.params(), **trial_params}) if tracker else None
+        if run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)
+        try:
+            result = run_trial(ctx, plan, number=trial.number,
+                               on_stage=(lambda s: on_stage(trial.number, s)) if on_stage else None)
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            trial.set_user_attr("error", reason)
+            if tracker and run_id:
+                tracker.fail_trial(run_id, reason, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        violations = [c.violation(result.metrics) for c in constraints]
+        trial.set_user_attr("constraints", violations)
+        trial.set_user_attr("result", result.to_attrs())
+        if tracker and run_id:
+            tracker.finish_trial(run_id, result, feasible=all(v <= 0 for v in violations))
+        return [result.metrics[o.metric] for o in objectives]
+
+    return objective
+
+
+def remaining_trials(study: optuna.Study, n_trials: int | None) -> int | None:
+    """``n_trials`` is the study's total budget: a resumed study only runs what is left."""
+    if n_trials is None:
+        return None
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    return max(n_trials - done, 0)
+
+
+def load_study(name: str, storage: str) -> optuna.Study:
+    """An existing study, or a clear error naming the studies that storage holds."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise ValueError(f"search.study_name={name!r}: no such study in {storage}; found: {names}") from None

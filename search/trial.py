@@ -1,0 +1,133 @@
+"""One trial: apply the plan → fine-tune → export → quantize → evaluate the ONNX file."""
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+
+from search.finetune import FinetuneSettings, Logger, finetune
+from search.onnx_export import export_onnx
+from spaces.base import Plan
+from spaces.quantization import quantize
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from evaluators.base import Evaluator
+    from spaces.space import Space
+    from zoo.data import DataSplits
+
+STAGES = ("prune", "finetune", "export", "quantize", "evaluate")
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """Everything a trial needs that does not change between trials."""
+
+    baseline: nn.Module
+    baseline_metrics: Mapping[str, float]
+    data: DataSplits
+    space: Space
+    finetune: FinetuneSettings
+    evaluators: Sequence[Evaluator]
+    run_dir: Path
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one trial produced. The front, the report, MLflow and export all read this."""
+
+    number: int
+    plan: Plan
+    metrics: Mapping[str, float]
+    timings: Mapping[str, float]
+    model_path: str
+    sha256: str
+    curve: Sequence[tuple[int, float, float]] = field(default_factory=tuple)
+
+    def to_attrs(self) -> dict[str, Any]:
+        """JSON-able form stored in the Optuna trial's user attributes."""
+        return {"plan": self.plan.to_dict(), "metrics": dict(self.metrics), "timings": dict(self.timings),
+                "model_path": self.model_path, "sha256": self.sha256, "curve": [list(p) for p in self.curve]}
+
+    @classmethod
+    def from_attrs(cls, number: int, attrs: Mapping[str, Any]) -> TrialResult:
+        return cls(number=number, plan=Plan.from_dict(attrs["plan"]), metrics=dict(attrs["metrics"]),
+                   timings=dict(attrs["timings"]), model_path=attrs["model_path"], sha256=attrs["sha256"],
+                   curve=tuple(tuple(p) for p in attrs.get("curve", ())))
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def measure(model_path: Path, data: DataSplits, evaluators: Sequence[Evaluator]) -> dict[str, float]:
+    """Run every evaluator on the ONNX file; a metric measured twice is a config error."""
+    metrics: dict[str, float] = {}
+    for evaluator in evaluators:
+        for name, value in evaluator.measure(Path(model_path), data.eval).items():
+            if name in metrics:
+                raise ValueError(f"metric {name!r} is reported by two evaluators")
+            metrics[name] = float(value)
+    return metrics
+
+
+def relative(metrics: Mapping[str, float], baseline: Mapping[str, float]) -> dict[str, float]:
+    """Metrics against the fp32 baseline: accuracy drop in points, size and speed ratios."""
+    out: dict[str, float] = {}
+    if "accuracy" in metrics and "accuracy" in baseline:
+        out["accuracy_drop"] = baseline["accuracy"] - metrics["accuracy"]
+    if "size_bytes" in metrics and "size_bytes" in baseline:
+        out["size_ratio"] = baseline["size_bytes"] / metrics["size_bytes"]
+    if "compressed_bytes" in metrics and "compressed_bytes" in baseline:
+        out["compressed_ratio"] = baseline["compressed_bytes"] / metrics["compressed_bytes"]
+    if "latency_ms" in metrics and "latency_ms" in baseline:
+        out["speedup"] = baseline["latency_ms"] / metrics["latency_ms"]
+    return out
+
+
+class Stopwatch:
+    """Times named stages and tells an observer which stage is running."""
+
+    def __init__(self, on_stage: Callable[[str], None] | None = None) -> None:
+        self.timings: dict[str, float] = {}
+        self._on_stage = on_stage
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self._on_stage is not None:
+            self._on_stage(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - start, 4)
+
+
+def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable[[str], None] | None = None,
+              log: Logger | None = None) -> TrialResult:
+    """Build, export and score the model ``plan`` describes; files go to ``run_dir/trials/<number>``."""
+    out_dir = ctx.run_dir / "trials" / f"{number:04d}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clock = Stopwatch(on_stage)
+    with clock.stage("prune"):
+        model = ctx.space.apply(ctx.baseline, plan)
+    with clock.stage("finetune"):
+        # An unpruned model is the converged baseline: training it again only adds noise.
+        pruned = any(r > 0 for r in plan.prune.values())
+        curve = finetune(model, ctx.data.train, ctx.finetune, seed=ctx.seed, log=log) if pruned else []
+    with clock.stage("export"):
+        fp32_path = export_onnx(model, ctx.space.example_input, out_dir / "model_fp32.onnx")
+    with clock.stage("quantize"):
+        model_path = quantize(fp32_path, out_dir / "model.onnx", ctx.space.precisions(plan), ctx.data.calib,
+                              settings=ctx.space.quant_spec.settings)
+    with clock.stage("evaluate"):
+        metrics = measure(model_path, ctx.data, ctx.evaluators)
+        metrics.update(relative(metrics, ctx.baseline_metrics))
+    clock.timings["total"] = round(sum(clock.timings.values()), 4)
+    return TrialResult(number=number, plan=plan, metrics=metrics, timings=clock.timings,
+                       model_path=str(model_path), sha256=sha256_of(model_path), curve=tuple(curve))

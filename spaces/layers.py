@@ -1,0 +1,97 @@
+"""Finding the layers a space can act on, and where they end up in the ONNX graph."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import onnx
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from spaces.base import PlanError
+
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+ONNX_LAYER_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Dotted names of the Conv/Linear modules, in definition order."""
+    return [name for name, module in model.named_modules() if isinstance(module, LAYER_TYPES)]
+
+
+def head_name(model: nn.Module, example_input: torch.Tensor) -> str:
+    """The last Conv/Linear that runs in a forward pass: the classifier head."""
+    called: list[str] = []
+    hooks = [m.register_forward_hook(lambda *_, n=n: called.append(n))
+             for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
+    try:
+        with torch.no_grad():
+            model.eval()(example_input)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not called:
+        raise PlanError("model has no Conv or Linear layer to compress")
+    return called[-1]
+
+
+def check_names(kind: str, names: Sequence[str], known: Sequence[str]) -> None:
+    """Fail with the list of valid names when a config names a layer the model lacks."""
+    missing = [n for n in names if n not in known]
+    if missing:
+        shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+        raise PlanError(f"{kind}: no layer named {', '.join(map(repr, missing))} in the model; layers are: {shown}")
+
+
+def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+
+
+def prunable_groups(model: nn.Module, example_input: torch.Tensor, *,
+                    ignored: Sequence[str] = ()) -> dict[str, list[str]]:
+    """``{root layer: [coupled layers]}`` for every channel group torch-pruning can cut.
+
+    The root is the layer torch-pruning keys the group's ratio on, so it is the knob name;
+    members are listed so an exclusion of any coupled layer can be resolved to its group.
+    """
+    names = {module: name for name, module in model.named_modules()}
+    modules = dict(model.named_modules())
+    graph = dependency_graph(model, example_input)
+    groups: dict[str, list[str]] = {}
+    for group in graph.get_all_groups(ignored_layers=[modules[n] for n in ignored],
+                                      root_module_types=list(LAYER_TYPES)):
+        root = names[group[0].dep.target.module]
+        members = {names[item.dep.target.module] for item in group
+                   if isinstance(item.dep.target.module, LAYER_TYPES)}
+        groups[root] = sorted(members)
+    return groups
+
+
+def _dotted_from_scope(node_name: str) -> str:
+    """Legacy exporter node names look like ``/layer1/layer1.0/conv1/Conv``.
+
+    Each scope is either the full dotted name or the attribute name relative to its
+    parent, so the dotted module name is rebuilt level by level.
+    """
+    dotted = ""
+    for scope in node_name.strip("/").split("/")[:-1]:
+        dotted = scope if (not dotted or scope.startswith(dotted + ".")) else f"{dotted}.{scope}"
+    return dotted
+
+
+def onnx_layer_nodes(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str, onnx.NodeProto]:
+    """``{layer name: its Conv/Gemm/MatMul node}`` for the named torch layers."""
+    found: dict[str, onnx.NodeProto] = {}
+    for node in model.graph.node:
+        if node.op_type in ONNX_LAYER_OPS:
+            found.setdefault(_dotted_from_scope(node.name), node)
+    missing = [n for n in layers if n not in found]
+    if missing:
+        raise PlanError(f"could not find ONNX nodes for layers {missing}; the graph names: {sorted(found)[:12]}")
+    return {n: found[n] for n in layers}
+
+
+def resolve_members(groups: Mapping[str, Sequence[str]], names: Sequence[str]) -> set[str]:
+    """Group roots whose group contains any of ``names``."""
+    wanted = set(names)
+    return {root for root, members in groups.items() if wanted & set(members)}
