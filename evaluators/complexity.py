@@ -58,6 +58,9 @@ class _Graph:
                 dims[0].dim_value = 1
             elif dims and inputs and value is inputs[0]:
                 self.batch = max(1, dims[0].dim_value)
+        # Shapes stored by earlier tools (ORT's quantizer keeps the symbolic batch) would win over
+        # inference with batch 1, so they are dropped first.
+        del model.graph.value_info[:]
         model = shape_inference.infer_shapes(model, data_prop=True)
         self.nodes = list(model.graph.node)
         self.initializers = {tensor.name: tensor for tensor in model.graph.initializer}

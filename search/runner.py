@@ -16,8 +16,9 @@ from search.baseline import load_checkpoint, trained_baseline
 from search.finetune import FinetuneSettings
 from search.onnx_export import export_onnx
 from search.secrets import redact
-from search.study import (FINISHED, FailureLimit, SearchSettings, enqueue_references, feasible_results, objective_fn,
-                          open_study, remaining_trials)
+from search.storage import HeartbeatSettings, make_storage
+from search.study import (BudgetCallback, FailureLimit, SearchSettings, completed, enqueue_references,
+                          feasible_results, objective_fn, open_study)
 from search.tracking import Tracker, TrackingSettings
 from search.trial import SearchContext, TrialResult, measure, sha256_of
 from spaces.space import PruneSpec, QuantSpec, Space
@@ -52,6 +53,7 @@ class Job:
     quant: QuantSpec = field(default_factory=QuantSpec)
     tracking: TrackingSettings | None = field(default_factory=TrackingSettings)
     storage: str | None = None
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     settings_params: dict = field(default_factory=dict)
 
     @property
@@ -71,21 +73,39 @@ def baseline_model(job: Job) -> nn.Module:
                             cache_dir=job.cache_dir, key=job.model_key, seed=job.search.seed)
 
 
-def build_context(job: Job, study: optuna.Study) -> SearchContext:
-    """The baseline, its metrics (measured once per study and shared) and the space."""
+def prepare(job: Job) -> tuple[nn.Module, Space]:
+    """The baseline and the space: everything that can reject bad input, before any study exists."""
     torch.manual_seed(job.search.seed)
     model = baseline_model(job)
     example = torch.from_numpy(job.data.eval.inputs[:1]).float()
-    space = Space.build(model, example, prune_spec=job.prune, quant_spec=job.quant)
+    return model, Space.build(model, example, prune_spec=job.prune, quant_spec=job.quant)
+
+
+def build_context(job: Job, study: optuna.Study, prepared: tuple[nn.Module, Space] | None = None) -> SearchContext:
+    """The baseline, its metrics (measured once per study and shared) and the space."""
+    model, space = prepared or prepare(job)
     metrics = study.user_attrs.get("baseline")
     if metrics is None:
-        path = export_onnx(model, example, _mkdir(job.run_dir / "baseline") / "model.onnx")
+        path = export_onnx(model, space.example_input, _mkdir(job.run_dir / "baseline") / "model.onnx")
         metrics = measure(path, job.data, job.evaluators)
         study.set_user_attr("baseline", metrics)
         study.set_user_attr("baseline_sha256", sha256_of(path))
     return SearchContext(baseline=model, baseline_metrics=metrics, data=job.data, space=space,
                          finetune=job.finetune, evaluators=job.evaluators, run_dir=job.run_dir,
                          seed=job.search.seed)
+
+
+def _mark_killed(tracker: Tracker | None) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None:
+    """A dead worker's trial: end its MLflow run as KILLED instead of RUNNING forever."""
+    if tracker is None:
+        return None
+
+    def mark(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            tracker.fail_trial(run_id, "worker stopped sending heartbeats", status="KILLED")
+
+    return mark
 
 
 def _mkdir(path: Path) -> Path:
@@ -120,10 +140,12 @@ class SearchOutcome:
 
 def run_search(job: Job, *, on_stage: Callable[[int, str], None] | None = None) -> SearchOutcome:
     job.check()
+    prepared = prepare(job)
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    study = open_study(job.search, job.storage_url, job.objectives)
-    ctx = build_context(job, study)
     tracker = Tracker(job.tracking) if job.tracking else None
+    storage = make_storage(job.storage_url, job.heartbeat, on_stale=_mark_killed(tracker))
+    study = open_study(job.search, storage, job.objectives)
+    ctx = build_context(job, study, prepared)
     parent = None
     if tracker:
         parent = tracker.parent_run(job.search.study_name, study.user_attrs.get("mlflow_parent_run_id"),
@@ -132,16 +154,17 @@ def run_search(job: Job, *, on_stage: Callable[[int, str], None] | None = None) 
         tracker.log_baseline(parent, ctx.baseline_metrics)
     enqueue_references(study, ctx, job.search.reference_ratio)
     limit = FailureLimit(job.search.max_failures)
-    callbacks: list = [limit] + ([FrontTags(tracker, job.objectives)] if tracker else [])
-    todo = remaining_trials(study, job.search.n_trials)
-    log.info("study %r: %d trials finished, %s to run", job.search.study_name,
-             len(study.get_trials(deepcopy=False, states=FINISHED)), "no limit on trials" if todo is None else todo)
+    budget = job.search.n_trials
+    callbacks: list = [limit, BudgetCallback(budget)] + ([FrontTags(tracker, job.objectives)] if tracker else [])
+    done = completed(study)
+    log.info("study %r: %d trials completed, budget %s", job.search.study_name, done, budget)
     status = "FINISHED"
     try:
-        if todo != 0:
+        if budget is None or done < budget:
             study.optimize(objective_fn(ctx, job.objectives, job.constraints, tracker=tracker, parent_run=parent,
-                                        trial_params=job.settings_params, on_stage=on_stage),
-                           n_trials=todo, timeout=job.search.timeout, catch=(Exception,), callbacks=callbacks)
+                                        trial_params=job.settings_params, budget=budget,
+                                        trial_timeout=job.search.trial_timeout, on_stage=on_stage),
+                           timeout=job.search.timeout, catch=(Exception,), callbacks=callbacks)
     except KeyboardInterrupt:
         status = "KILLED"
         log.warning("interrupted: the current trial was recorded as failed; the front so far follows")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.budget import claim_slot, time_limit
 from search.trial import SearchContext, TrialResult, run_trial
 
 if TYPE_CHECKING:
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("nsga2", "tpe", "random")
-FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 
 
 class StudyMismatchError(ValueError):
@@ -33,12 +33,16 @@ class SearchSettings:
     seed: int = 0
     reference_ratio: float = 0.25
     max_failures: int = 5
+    trial_timeout: float | None = None
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"search.sampler={self.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
         if self.n_trials is None and self.timeout is None:
             raise ValueError("search.n_trials and search.timeout are both null; set at least one budget")
+        if self.workers < 1:
+            raise ValueError(f"search.workers={self.workers}: must be at least 1")
 
 
 def feasible(trial: FrozenTrial) -> bool:
@@ -58,7 +62,7 @@ def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=settings.seed)
 
 
-def open_study(settings: SearchSettings, storage: str | optuna.storages.BaseStorage,
+def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage,
                objectives: Sequence[Objective]) -> optuna.Study:
     """Create the study, or load it when one of that name exists; its objectives must match."""
     study = optuna.create_study(study_name=settings.study_name, storage=storage, load_if_exists=True,
@@ -116,17 +120,20 @@ class FailureLimit:
 
 def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraints: Sequence[Constraint], *,
                  tracker: Tracker | None, parent_run: str | None, trial_params: dict[str, Any],
+                 budget: int | None = None, trial_timeout: float | None = None,
                  on_stage: Callable[[int, str], None] | None = None) -> Callable[[optuna.Trial], list[float]]:
     """The function Optuna calls: sample a plan, run it, record everything, return the objectives."""
 
     def objective(trial: optuna.Trial) -> list[float]:
+        claim_slot(trial, budget)
         plan = ctx.space.suggest(trial)
         run_id = tracker.trial_run(parent_run, trial.number, {**plan.params(), **trial_params}) if tracker else None
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
         try:
-            result = run_trial(ctx, plan, number=trial.number,
-                               on_stage=(lambda s: on_stage(trial.number, s)) if on_stage else None)
+            with time_limit(trial_timeout):
+                result = run_trial(ctx, plan, number=trial.number,
+                                   on_stage=(lambda s: on_stage(trial.number, s)) if on_stage else None)
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
             trial.set_user_attr("error", reason)
@@ -143,18 +150,25 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
     return objective
 
 
-def remaining_trials(study: optuna.Study, n_trials: int | None) -> int | None:
-    """``n_trials`` is the study's total budget: a resumed study only runs what is left."""
-    if n_trials is None:
-        return None
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    return max(n_trials - done, 0)
+def completed(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def load_study(name: str, storage: str) -> optuna.Study:
+class BudgetCallback:
+    """Stops a worker once the study holds ``budget`` completed trials, whoever ran them."""
+
+    def __init__(self, budget: int | None) -> None:
+        self.budget = budget
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.budget is not None and completed(study) >= self.budget:
+            study.stop()
+
+
+def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
     """An existing study, or a clear error naming the studies that storage holds."""
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise ValueError(f"search.study_name={name!r}: no such study in {storage}; found: {names}") from None
+        raise ValueError(f"search.study_name={name!r}: no such study in this storage; found: {names}") from None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import numpy_helper, version_converter
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_static)
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 WEIGHT_TYPES = {"int8": QuantType.QInt8, "int16": QuantType.QInt16, "int4": QuantType.QInt4}
 # uint8 activations: ORT's CPU kernels for U8S8 are the fast ones (S8S8 measured slower than fp32).
 ACTIVATION_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+SUB_BYTE_OPSET = 21
 CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
 
@@ -92,9 +93,15 @@ def quantize(fp32_path: Path, out_path: Path, precisions: Mapping[str, str], cal
                                                                          else {})}]
                  for n, p in integer.items() if p != "int8"}
     input_name = model.graph.input[0].name
+    source = fp32_path
+    if overrides and _opset(model) < SUB_BYTE_OPSET:
+        # int4/int16 DequantizeLinear exist from opset 21; older graphs run in ORT but are not
+        # valid ONNX, so shape inference (and any other consumer) would fail on them.
+        source = out_path.with_name(f"{out_path.stem}_opset{SUB_BYTE_OPSET}.onnx")
+        onnx.save(version_converter.convert_version(model, SUB_BYTE_OPSET), str(source))
     with _quiet_root_logger():
         quantize_static(
-            str(fp32_path), str(out_path),
+            str(source), str(out_path),
             _Batches(input_name, calib.astype(np.float32), settings.calib_batch_size),
             quant_format=QuantFormat.QDQ,
             activation_type=ACTIVATION_TYPES[settings.activation_type],
@@ -109,6 +116,10 @@ def quantize(fp32_path: Path, out_path: Path, precisions: Mapping[str, str], cal
         _store_half(quantized, [node.input[1] for node in half])
         onnx.save(quantized, str(out_path))
     return out_path
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 @contextmanager

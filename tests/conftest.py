@@ -1,47 +1,14 @@
-"""Shared fixtures: a tiny residual CNN and a small slice of Fashion-MNIST."""
+"""Shared fixtures: a small slice of Fashion-MNIST; the tiny CNN lives in tinynet.py."""
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
+from tinynet import TinyNet, tiny_net  # noqa: F401  (re-exported for tests)
 from zoo.data import idx_splits
 
 # Tiny models run faster on one thread, and parallel test runs on 2 cores do not thrash.
 torch.set_num_threads(1)
-
-
-class TinyBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-
-
-class TinyNet(nn.Module):
-    """Two stages with residual adds: enough for coupled pruning groups, fast enough for tests."""
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        self.layer1 = TinyBlock(16)
-        self.down = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
-        self.layer2 = TinyBlock(32)
-        self.fc = nn.Linear(32, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer2(self.down(self.layer1(self.stem(x))))
-        return self.fc(x.mean((2, 3)))
-
-
-def tiny_net(num_classes: int = 10) -> TinyNet:
-    torch.manual_seed(0)
-    return TinyNet(num_classes)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,72 @@
+"""Trial budget and per-trial time limit, shared by any number of workers on one study."""
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import optuna
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+
+WAITING_ATTR = "waiting_for_budget"
+
+
+class BudgetReached(optuna.TrialPruned):
+    """The study already holds its budget of completed trials; this one is not needed."""
+
+
+class TrialTimeout(Exception):
+    """The trial ran past ``search.trial_timeout``."""
+
+
+def claim_slot(trial: optuna.Trial, budget: int | None, *, poll: float = 1.0) -> None:
+    """Return when ``trial`` may run without the study overshooting its budget.
+
+    A slot is free while completed trials plus trials other workers are running stay
+    under ``budget``. When none is free the trial waits, marked as waiting, until a
+    running trial finishes (then the budget may be met: :class:`BudgetReached`) or its
+    worker is found dead by heartbeat (then its slot frees up). Among waiting trials the
+    lowest number goes first, so two workers can never wait for each other.
+    """
+    if budget is None:
+        return
+    study = trial.study
+    waiting = False
+    while True:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        complete = sum(t.state == TrialState.COMPLETE for t in trials)
+        ahead = sum(t.state == TrialState.RUNNING and t.number != trial.number
+                    and (not t.user_attrs.get(WAITING_ATTR) or t.number < trial.number) for t in trials)
+        if complete >= budget:
+            study.stop()
+            raise BudgetReached(f"the study already has {complete} completed trials (budget {budget})")
+        if complete + ahead < budget:
+            if waiting:
+                trial.set_user_attr(WAITING_ATTR, False)
+            return
+        if not waiting:
+            trial.set_user_attr(WAITING_ATTR, True)
+            waiting = True
+        fail_stale_trials(study)
+        time.sleep(poll)
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`TrialTimeout` in the main thread after ``seconds``; no limit when None."""
+    if not seconds:
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise TrialTimeout(f"trial ran past search.trial_timeout={seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -1,0 +1,322 @@
+"""Plots of a study: the Pareto front, the hypervolume history and the front's per-layer choices.
+
+Each plot is written twice: a PNG (matplotlib's object API rendered by Agg, so no display
+and no global backend switch) for the report and MLflow previews, and an interactive HTML
+file (plotly with its JavaScript inlined, so it opens offline). The figure builders take
+plain data (:class:`PlotData`); only :meth:`PlotData.from_study` knows about Optuna.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+from optuna.trial import TrialState
+from plotly.subplots import make_subplots
+
+from search import pareto
+from search.study import feasible
+from search.trial import TrialResult
+from spaces.base import PRECISIONS
+
+from evaluators.base import Objective
+
+if TYPE_CHECKING:
+    import optuna
+    from matplotlib.axes import Axes
+
+    from spaces.base import Plan
+
+Y_METRIC = "accuracy"
+# metric: (axis label with its unit, factor from the stored unit to the shown one)
+AXES: dict[str, tuple[str, float]] = {
+    "accuracy": ("accuracy (%)", 1.0), "size_bytes": ("ONNX file size (KB)", 1e-3),
+    "compressed_bytes": ("compressed size (KB)", 1e-3), "latency_ms": ("latency, batch 1 (ms)", 1.0),
+    "params": ("parameters (thousands)", 1e-3), "macs": ("MACs (millions)", 1e-6)}
+DEFAULT_X = ("size_bytes", "latency_ms")
+PRECISION_COLOURS = {"fp32": "#e8e8e8", "fp16": "#9ecae1", "int16": "#4292c6", "int8": "#41ab5d", "int4": "#fd8d3c"}
+DPI = 110
+
+
+@dataclass(frozen=True)
+class PlotData:
+    """Everything the plots show, as plain values."""
+
+    results: Sequence[TrialResult]  # every completed trial, in trial order
+    feasible: frozenset[int]
+    front: Sequence[TrialResult]
+    baseline: Mapping[str, float]
+    objectives: Sequence[Objective]
+    references: frozenset[int]
+    hv_history: Sequence[tuple[int, float]]
+    layers: Sequence[str]
+
+    @classmethod
+    def from_study(cls, study: optuna.Study, objectives: Sequence[Objective]) -> PlotData:
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "result" in t.user_attrs]
+        results = [TrialResult.from_attrs(t.number, t.user_attrs["result"]) for t in done]
+        ok = frozenset(t.number for t in done if feasible(t))
+        baseline = study.user_attrs.get("baseline", {})
+        members = pareto.front([r for r in results if r.number in ok], objectives)
+        order = [name.partition(".")[2] for name in (done[0].params if done else ()) if name.startswith("quant.")]
+        return cls(results=results, feasible=ok, front=members, baseline=baseline, objectives=objectives,
+                   references=frozenset(t.number for t in done if t.user_attrs.get("reference")),
+                   hv_history=hypervolume_history(results, ok, objectives, baseline),
+                   layers=layer_order(results, order))
+
+
+def hypervolume_history(results: Sequence[TrialResult], feasible_numbers: frozenset[int],
+                        objectives: Sequence[Objective], baseline: Mapping[str, float]) -> list[tuple[int, float]]:
+    """Hypervolume of the feasible front formed by the trials numbered up to each completed trial."""
+    history: list[tuple[int, float]] = []
+    pool: list[TrialResult] = []
+    for result in sorted(results, key=lambda r: r.number):
+        if result.number in feasible_numbers:
+            pool.append(result)
+        members = pareto.front(pool, objectives) if pool else []
+        history.append((result.number, pareto.hypervolume(members, objectives, baseline) if baseline else 0.0))
+    return history
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def layer_order(results: Sequence[TrialResult], params_order: Sequence[str] = ()) -> list[str]:
+    """Layers in model order: Optuna stores the precision knobs in definition order; the rest sort naturally."""
+    seen = {name for r in results for name in (*r.plan.prune, *r.plan.quant)}
+    ordered = list(dict.fromkeys(n for n in params_order if n in seen))
+    return ordered + sorted(seen - set(ordered), key=_natural)
+
+
+def plan_label(plan: Plan) -> str:
+    """A short name for a hand-made plan: "no compression", "int8 only", "prune 0.25 + int8"."""
+    ratios, precisions = set(plan.prune.values()) or {0.0}, set(plan.quant.values()) or {"fp32"}
+    if len(ratios) > 1 or len(precisions) > 1:
+        return "mixed plan"
+    ratio, precision = ratios.pop(), precisions.pop()
+    if ratio == 0:
+        return "no compression" if precision == "fp32" else f"{precision} only"
+    return f"prune {ratio:g} + {precision}"
+
+
+def x_metrics(data: PlotData) -> list[str]:
+    """Size and latency, then any other minimised objective, when the trials measured them."""
+    wanted = [*DEFAULT_X, *(o.metric for o in data.objectives if o.metric != Y_METRIC)]
+    return [m for m in dict.fromkeys(wanted) if all(m in r.metrics for r in data.results) and m in data.baseline]
+
+
+def _xy(results: Sequence[TrialResult], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    scale = AXES.get(metric, (metric, 1.0))[1]
+    return (np.array([r.metrics[metric] * scale for r in results]), np.array([r.metrics[Y_METRIC] for r in results]))
+
+
+def _groups(data: PlotData) -> dict[str, list[TrialResult]]:
+    members = {r.number for r in data.front}
+    return {"feasible": [r for r in data.results if r.number in data.feasible and r.number not in members],
+            "infeasible": [r for r in data.results if r.number not in data.feasible],
+            "front": sorted(data.front, key=lambda r: r.number)}
+
+
+def _front_2d(members: Sequence[TrialResult], metric: str) -> list[TrialResult]:
+    """The members still non-dominated on (accuracy, ``metric``) alone, by ``metric``: the staircase to draw."""
+    view = [Objective(Y_METRIC, "maximize"), Objective(metric, "minimize")]
+    return sorted(pareto.front(list(members), view), key=lambda r: r.metrics[metric])
+
+
+def _front_axes(ax: Axes, data: PlotData, metric: str) -> None:
+    label, scale = AXES.get(metric, (metric, 1.0))
+    groups = _groups(data)
+    ax.scatter(*_xy(groups["feasible"], metric), s=30, c="tab:blue", alpha=0.35, label="feasible trial")
+    ax.scatter(*_xy(groups["infeasible"], metric), s=40, marker="x", c="tab:red", alpha=0.7,
+               label="infeasible trial (breaks a constraint)")
+    front = groups["front"]
+    fx, fy = _xy(front, metric)
+    ax.plot(*_xy(_front_2d(front, metric), metric), "-", c="tab:orange", lw=1.5, drawstyle="steps-post",
+            label="front in this 2-D view", zorder=2)
+    ax.plot(fx, fy, "o", c="tab:orange", ms=9, mec="black", label="Pareto front (all objectives)", zorder=3)
+    refs = [r for r in data.results if r.number in data.references]
+    rx, ry = _xy(refs, metric)
+    ax.scatter(rx, ry, s=160, marker="s", facecolors="none", edgecolors="tab:green", lw=2, label="reference plan")
+    for r, x, y in zip(refs, rx, ry):
+        ax.annotate(f"#{r.number} {plan_label(r.plan)}", (x, y), xytext=(7, -14), textcoords="offset points",
+                    fontsize=8, color="darkgreen", weight="bold" if r in front else "normal")
+    for r, x, y in zip(front, fx, fy):
+        if r.number not in data.references:
+            ax.annotate(f"#{r.number}", (x, y), xytext=(6, 6), textcoords="offset points", fontsize=9, weight="bold")
+    bx, by = data.baseline[metric] * scale, data.baseline[Y_METRIC]
+    ax.scatter([bx], [by], s=260, marker="*", c="black", label="baseline (fp32, unpruned)", zorder=4)
+    ax.annotate("baseline", (bx, by), xytext=(-8, 8), textcoords="offset points", ha="right", fontsize=9)
+    ax.set(xlabel=label, ylabel=AXES[Y_METRIC][0], title=f"accuracy vs {label.split(' (')[0]}")
+    ax.margins(x=0.14, y=0.08)
+    ax.grid(alpha=0.3)
+
+
+def front_png(data: PlotData, path: Path) -> Path:
+    metrics = x_metrics(data)
+    fig = Figure(figsize=(6.5 * len(metrics), 5.2), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        _front_axes(ax, data, metric)
+    axes[0].legend(loc="lower right", fontsize=8, framealpha=0.85)
+    fig.suptitle(f"Pareto front: {len(data.front)} of {len(data.results)} completed trials "
+                 f"({len(data.feasible)} feasible)", fontsize=12)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _hover(r: TrialResult, data: PlotData) -> str:
+    lines = [f"trial {r.number}" + (f" (reference: {plan_label(r.plan)})" if r.number in data.references else "")]
+    lines += [f"{AXES.get(m, (m, 1))[0]}: {r.metrics[m] * AXES.get(m, (m, 1.0))[1]:.4g}"
+              for m in (Y_METRIC, *x_metrics(data))]
+    lines.append(f"accuracy drop: {r.metrics.get('accuracy_drop', float('nan')):.2f} points")
+    return "<br>".join(lines + ["feasible" if r.number in data.feasible else "infeasible"])
+
+
+def front_html(data: PlotData, path: Path) -> Path:
+    metrics = x_metrics(data)
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[AXES.get(m, (m,))[0] for m in metrics])
+    styles = {"feasible": dict(mode="markers", marker=dict(color="rgba(31,119,180,0.4)", size=8)),
+              "infeasible": dict(mode="markers", marker=dict(color="crimson", symbol="x", size=8)),
+              "front": dict(mode="markers+text", marker=dict(color="orange", size=12, line=dict(width=1)),
+                            textposition="top center")}
+    for col, metric in enumerate(metrics, start=1):
+        for name, group in _groups(data).items():
+            x, y = _xy(group, metric)
+            fig.add_trace(go.Scatter(x=x, y=y, name=name, legendgroup=name, showlegend=col == 1,
+                                     text=[f"#{r.number}" for r in group] if name == "front" else None,
+                                     customdata=[r.number for r in group], hovertemplate="%{hovertext}<extra></extra>",
+                                     hovertext=[_hover(r, data) for r in group], **styles[name]), row=1, col=col)
+        x, y = _xy(_front_2d(data.front, metric), metric)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="front in 2-D view",
+                                 line=dict(color="orange", shape="hv"), legendgroup="2d", showlegend=col == 1,
+                                 hoverinfo="skip"), row=1, col=col)
+        fig.add_trace(go.Scatter(x=[data.baseline[metric] * AXES.get(metric, (metric, 1.0))[1]],
+                                 y=[data.baseline[Y_METRIC]], mode="markers+text", text=["baseline"],
+                                 textposition="bottom center", name="baseline", legendgroup="baseline",
+                                 showlegend=col == 1, marker=dict(symbol="star", size=16, color="black")), row=1, col=col)
+        fig.update_xaxes(title_text=AXES.get(metric, (metric,))[0], row=1, col=col)
+        fig.update_yaxes(title_text=AXES[Y_METRIC][0], row=1, col=col)
+    fig.update_layout(title="Pareto front (hover a point for its trial)", height=520, template="plotly_white")
+    return _write_html(fig, path)
+
+
+def hypervolume_png(data: PlotData, path: Path) -> Path:
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    numbers = [n for n, _ in data.hv_history]
+    values = [v for _, v in data.hv_history]
+    ax.step(numbers, values, where="post", c="tab:purple", lw=2)
+    ax.plot(numbers, values, "o", c="tab:purple", ms=5, label="after this trial")
+    refs = [(n, v) for n, v in data.hv_history if n in data.references]
+    if refs:
+        ax.plot(*zip(*refs), "s", mfc="none", mec="tab:green", ms=11, mew=2, label="reference plan")
+    if values:
+        ax.annotate(f"final {values[-1]:.4f}", (numbers[-1], values[-1]), xytext=(-10, 8),
+                    textcoords="offset points", ha="right")
+    if not any(values):
+        ax.text(0.5, 0.6, "0: no feasible trial is better than the baseline in every objective yet",
+                transform=ax.transAxes, ha="center", color="dimgrey")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="trial number", ylabel="hypervolume (objectives / baseline)",
+           title="Hypervolume of the feasible Pareto front after each trial")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def hypervolume_html(data: PlotData, path: Path) -> Path:
+    fig = go.Figure(go.Scatter(x=[n for n, _ in data.hv_history], y=[v for _, v in data.hv_history],
+                               mode="lines+markers", line=dict(shape="hv", color="purple"),
+                               hovertemplate="trial %{x}<br>hypervolume %{y:.4f}<extra></extra>"))
+    fig.update_layout(title="Hypervolume of the feasible Pareto front after each trial", template="plotly_white",
+                      xaxis_title="trial number", yaxis_title="hypervolume (objectives / baseline)")
+    return _write_html(fig, path)
+
+
+def layer_matrix(members: Sequence[TrialResult], layers: Sequence[str]) -> tuple[np.ndarray, list[list[str]]]:
+    """Prune ratio (NaN where the layer roots no prune group) and precision of each member and layer."""
+    ratios = np.array([[r.plan.prune.get(layer, np.nan) for layer in layers] for r in members], dtype=float)
+    return ratios.reshape(len(members), len(layers)), [[r.plan.quant.get(l, "fp32") for l in layers] for r in members]
+
+
+def _top(ratios: np.ndarray) -> float:
+    """The colour scale's top: the space's usual 0.5, or more when a plan prunes harder."""
+    return max(0.5, float(np.nanmax(ratios))) if np.isfinite(ratios).any() else 0.5
+
+
+def layers_png(data: PlotData, path: Path) -> Path:
+    members, layers = sorted(data.front, key=lambda r: r.number), list(data.layers)
+    ratios, precisions = layer_matrix(members, layers)
+    rows = [f"trial {r.number}" for r in members]
+    fig = Figure(figsize=(max(7.0, 0.42 * len(layers) + 3), 2 * (0.38 * len(rows) + 0.9) + 2.6),
+                 layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    cmap = ListedColormap(["#fff7bc", "#fec44f", "#ec7014", "#cc4c02", "#8c2d04"]).with_extremes(bad="#d9d9d9")
+    image = top.imshow(np.ma.masked_invalid(ratios), cmap=cmap, vmin=0, vmax=_top(ratios), aspect="auto")
+    fig.colorbar(image, ax=top, label="prune ratio", fraction=0.04, pad=0.01)
+    codes = np.array([[PRECISIONS.index(p) for p in row] for row in precisions]).reshape(ratios.shape)
+    bottom.imshow(codes, cmap=ListedColormap([PRECISION_COLOURS[p] for p in PRECISIONS]), vmin=-0.5,
+                  vmax=len(PRECISIONS) - 0.5, aspect="auto")
+    small = 7 if len(layers) > 24 else 8
+    for (i, j), ratio in np.ndenumerate(ratios):
+        top.text(j, i, "–" if np.isnan(ratio) else f"{ratio:g}", ha="center", va="center", fontsize=small,
+                 color="white" if ratio >= 0.3 else "black")
+        bottom.text(j, i, precisions[i][j], ha="center", va="center", fontsize=small)
+    for ax, title in ((top, "prune ratio of the channel group rooted at each layer (grey: not a group root)"),
+                      (bottom, "precision of each layer")):
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set_title(title, fontsize=10, loc="left")
+    bottom.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=8)
+    bottom.legend(handles=[Patch(color=PRECISION_COLOURS[p], label=p) for p in PRECISIONS], fontsize=8,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0), title="precision")
+    fig.suptitle(f"Per-layer choices of the {len(rows)} Pareto-front members", fontsize=12)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def layers_html(data: PlotData, path: Path) -> Path:
+    members, layers = sorted(data.front, key=lambda r: r.number), list(data.layers)
+    ratios, precisions = layer_matrix(members, layers)
+    rows = [f"trial {r.number}" for r in members]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=["prune ratio (blank: not a group root)", "precision"])
+    fig.add_trace(go.Heatmap(z=ratios, x=layers, y=rows, zmin=0, zmax=_top(ratios), colorscale="YlOrBr",
+                             texttemplate="%{z}", colorbar=dict(title="prune ratio", len=0.45, y=0.78),
+                             hovertemplate="%{y}<br>%{x}<br>prune ratio %{z}<extra></extra>"), row=1, col=1)
+    codes = [[PRECISIONS.index(p) for p in row] for row in precisions]
+    scale = [[i / (len(PRECISIONS) - 1), PRECISION_COLOURS[p]] for i, p in enumerate(PRECISIONS)]
+    fig.add_trace(go.Heatmap(z=codes, x=layers, y=rows, text=precisions, texttemplate="%{text}", showscale=False,
+                             zmin=0, zmax=len(PRECISIONS) - 1, colorscale=scale,
+                             hovertemplate="%{y}<br>%{x}<br>%{text}<extra></extra>"), row=2, col=1)
+    fig.update_xaxes(tickangle=-60)
+    fig.update_layout(title="Per-layer choices of the Pareto-front members", template="plotly_white",
+                      height=max(420, 2 * 28 * len(rows) + 320), width=max(700, 34 * len(layers) + 260))
+    return _write_html(fig, path)
+
+
+def _write_html(fig: go.Figure, path: Path) -> Path:
+    fig.write_html(path, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+    return path
+
+
+def write_plots(study: optuna.Study, objectives: Sequence[Objective], out_dir: Path) -> list[Path]:
+    """Every plot of the study as ``<name>.png`` and ``<name>.html`` in ``out_dir``; [] before any result."""
+    data = PlotData.from_study(study, objectives)
+    if not data.results or not data.baseline:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [front_png(data, out_dir / "front.png"), front_html(data, out_dir / "front.html"),
+             hypervolume_png(data, out_dir / "hypervolume.png"), hypervolume_html(data, out_dir / "hypervolume.html")]
+    if data.front:
+        paths += [layers_png(data, out_dir / "layers.png"), layers_html(data, out_dir / "layers.html")]
+    return paths

@@ -1,0 +1,110 @@
+"""A real 3-trial search on a tiny model: study, MLflow runs, front files and export."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tinynet import tiny_net
+from evaluators import Accuracy, Complexity, Constraint, Latency, Objective, Size
+from search import pareto
+from search.export import ExportSettings, select, write_package
+from search.finetune import FinetuneSettings
+from search.runner import Job, run_search
+from search.study import SearchSettings, feasible_results, results
+from search.tracking import TrackingSettings
+from spaces.space import PruneSpec, QuantSpec
+
+OBJECTIVES = [Objective("accuracy", "maximize"), Objective("size_bytes", "minimize"),
+              Objective("latency_ms", "minimize")]
+
+
+def make_job(tmp: Path, splits, *, n_trials: int = 3, study: str = "it") -> Job:
+    return Job(make_model=tiny_net, data=splits, evaluators=[Accuracy(), Size(level=3), Latency(runs=20),
+                                                             Complexity()],
+               objectives=OBJECTIVES, constraints=[Constraint("accuracy_drop", 1.0)],
+               search=SearchSettings(study_name=study, n_trials=n_trials, sampler="random"),
+               run_dir=tmp / "run", cache_dir=tmp / "cache", model_key="tiny",
+               baseline_training=FinetuneSettings(steps=120, log_every=40),
+               finetune=FinetuneSettings(steps=15, log_every=5),
+               prune=PruneSpec(ratios=(0.0, 0.25, 0.5)), quant=QuantSpec(precisions=("fp32", "int8", "int4")),
+               tracking=TrackingSettings(uri=f"sqlite:///{tmp}/mlflow.db", experiment=study))
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, small_splits):
+    tmp = tmp_path_factory.mktemp("search")
+    job = make_job(tmp, small_splits)
+    return job, run_search(job)
+
+
+def test_study_holds_the_reference_plans_and_the_budget(searched):
+    job, outcome = searched
+    study = optuna.load_study(study_name="it", storage=job.storage_url)
+    assert len(study.trials) == 3
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert [t.user_attrs.get("reference") for t in study.trials] == [True, True, True]
+    first, second, third = (r.plan for r in results(study))
+    assert first.is_identity
+    assert set(second.quant.values()) == {"int8"} and set(second.prune.values()) == {0.0}
+    assert set(third.prune.values()) == {0.25}
+    assert study.user_attrs["baseline"]["accuracy"] > 50
+    # the unchanged reference plan scores exactly what the baseline scores: same evaluator, same data
+    assert results(study)[0].metrics["accuracy"] == pytest.approx(study.user_attrs["baseline"]["accuracy"])
+
+
+def test_mlflow_has_nested_trial_runs_with_params_metrics_and_front_tags(searched):
+    job, outcome = searched
+    client = MlflowClient(job.tracking.uri)
+    experiment = client.get_experiment_by_name("it")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kind") == "study"]
+    trials = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert len(parents) == 1 and len(trials) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert "baseline_accuracy" in parent.data.metrics and "hypervolume" in parent.data.metrics
+    front_numbers = {r.number for r in outcome.front}
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.run_name.startswith("trial-")
+        number = int(run.data.tags["trial"])
+        assert any(k.startswith("prune.") for k in run.data.params)
+        assert any(k.startswith("quant.") for k in run.data.params)
+        for metric in ("accuracy", "size_bytes", "latency_ms", "accuracy_drop", "params", "macs"):
+            assert metric in run.data.metrics
+        assert run.data.tags["pareto"] == str(number in front_numbers).lower()
+    assert front_numbers, "the no-compression reference is always feasible, so the front is never empty"
+
+
+def test_front_files_match_the_front(searched):
+    job, outcome = searched
+    payload = json.loads((job.run_dir / "front.json").read_text())
+    assert [m["trial"] for m in payload["front"]] == [r.number for r in outcome.front]
+    assert payload["hypervolume"] == pytest.approx(outcome.hypervolume)
+    csv_lines = (job.run_dir / "front.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 1 + len(outcome.front)
+    expected = pareto.front(feasible_results(outcome.study), OBJECTIVES)
+    assert [r.number for r in expected] == [r.number for r in outcome.front]
+
+
+def test_export_re_measures_the_trial_accuracy(searched, tmp_path):
+    job, outcome = searched
+    chosen = select(outcome.front, ExportSettings(rule="smallest"))
+    manifest = write_package(chosen, out_dir=tmp_path / "deploy", data=job.data, evaluators=job.evaluators,
+                             baseline=outcome.baseline, study_name="it")
+    assert manifest["measured_at_export"]["accuracy"] == chosen.metrics["accuracy"]
+    assert (tmp_path / "deploy" / "model.onnx").read_bytes() == Path(chosen.model_path).read_bytes()
+    assert manifest["files"]["model.onnx"] == chosen.sha256
+    assert manifest["plan"] == chosen.plan.to_dict()
+
+
+def test_rerun_resumes_and_adds_only_the_missing_trials(searched):
+    job, _ = searched
+    bigger = make_job(job.run_dir.parent, job.data, n_trials=4)
+    outcome = run_search(bigger)
+    assert len(outcome.study.trials) == 4
+    assert outcome.study.trials[3].user_attrs.get("reference") is None
