@@ -17,6 +17,9 @@ from omegaconf.errors import OmegaConfBaseException
 from evaluators.base import Constraint, Objective
 from search.baseline import cache_key
 from search.finetune import FinetuneSettings
+from search.onnx_export import ExportError
+from search.secrets import redact
+from search.storage import HeartbeatSettings
 from search.study import SearchSettings
 from search.tracking import TrackingSettings
 from spaces.quantization import QuantSettings
@@ -27,6 +30,7 @@ USAGE = """usage: autosqueeze COMMAND [KEY=VALUE ...]
 commands:
   search   run (or resume) a compression search and print its Pareto front
   export   write a deploy folder for one trial of a finished study
+  sync     log to MLflow the trials a search could not log (server down, tracking off)
 
 Overrides use Hydra syntax, e.g.  autosqueeze search search.n_trials=40 space.prune.ratios=[0,0.25,0.5]
 Show the composed config with:      autosqueeze search --cfg"""
@@ -71,7 +75,8 @@ def quant_spec(cfg: DictConfig) -> QuantSpec:
 
 def search_settings(cfg: DictConfig) -> SearchSettings:
     s = plain(cfg.search)
-    s.pop("finetune")
+    for nested in ("finetune", "heartbeat"):
+        s.pop(nested)
     return SearchSettings(**s)
 
 
@@ -81,6 +86,25 @@ def data_splits(cfg: DictConfig):
     return coerce_splits(instantiate(cfg.data, _convert_="all"))
 
 
+def objectives_of(cfg: DictConfig) -> list[Objective]:
+    return [Objective(**o) for o in plain(cfg.evaluator.objectives)]
+
+
+def study_of(cfg: DictConfig):
+    """The configured study, opened without loading any model or data."""
+    from search.storage import make_storage, storage_url
+    from search.study import load_study
+
+    return load_study(cfg.search.study_name, make_storage(storage_url(cfg.storage, Path(cfg.paths.run_dir))))
+
+
+def settings_params(cfg: DictConfig) -> dict[str, Any]:
+    """The search settings as flat MLflow params (``settings.finetune.steps`` ...)."""
+    params = {f"settings.{k}": v for k, v in _flat(plain(cfg.search)).items()}
+    params.update({f"settings.space.{k}": v for k, v in _flat(plain(cfg.space)).items()})
+    return params
+
+
 def build_job(cfg: DictConfig):
     """Every object the search needs, built and validated before any training starts."""
     from search.runner import Job
@@ -88,20 +112,19 @@ def build_job(cfg: DictConfig):
     prune, quant, search = prune_spec(cfg), quant_spec(cfg), search_settings(cfg)
     evaluator_cfg = cfg.evaluator
     evaluators = [instantiate(node) for node in evaluator_cfg.evaluators.values()]
-    objectives = [Objective(**o) for o in plain(evaluator_cfg.objectives)]
+    objectives = objectives_of(cfg)
     constraints = [Constraint(**c) for c in plain(evaluator_cfg.constraints)]
     tracking = None if cfg.tracking.uri is None else TrackingSettings(**plain(cfg.tracking))
     make_model: Callable = partial(instantiate, cfg.model.factory)
     data = data_splits(cfg)
-    params = {f"settings.{k}": v for k, v in _flat(plain(cfg.search)).items()}
-    params.update({f"settings.space.{k}": v for k, v in _flat(plain(cfg.space)).items()})
     job = Job(make_model=make_model, data=data, evaluators=evaluators, objectives=objectives,
               constraints=constraints, search=search, run_dir=Path(cfg.paths.run_dir),
               cache_dir=Path(cfg.paths.cache_dir),
               model_key=cache_key(plain(cfg.model), plain(cfg.data)),
               checkpoint=cfg.model.checkpoint, baseline_training=FinetuneSettings(**plain(cfg.model.train)),
               finetune=FinetuneSettings(**plain(cfg.search.finetune)), prune=prune, quant=quant,
-              tracking=tracking, storage=cfg.storage, settings_params=params)
+              tracking=tracking, storage=cfg.storage, heartbeat=HeartbeatSettings(**plain(cfg.search.heartbeat)),
+              settings_params=settings_params(cfg))
     job.check()
     return job
 
@@ -116,12 +139,15 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def cmd_search(cfg: DictConfig) -> int:
+def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
     from search import pareto
     from search.runner import run_search
 
     job = build_job(cfg)
-    outcome = run_search(job, on_stage=lambda n, stage: log.info("trial %d: %s", n, stage))
+    # Local workers are plain `autosqueeze search` runs on the same study, as on other machines.
+    worker = [sys.executable, "-m", "search.cli", "search", *overrides, "search.workers=1"]
+    outcome = run_search(job, on_stage=lambda n, stage: log.info("trial %d: %s", n, stage),
+                         worker_command=worker if job.search.workers > 1 else None)
     print(f"\nPareto front of study {job.search.study_name!r} ({len(outcome.study.trials)} trials, "
           f"hypervolume {outcome.hypervolume:.4f}):")
     print(pareto.table(outcome.front, outcome.baseline))
@@ -129,13 +155,25 @@ def cmd_search(cfg: DictConfig) -> int:
     return 1 if outcome.stopped_early else 0
 
 
-def cmd_export(cfg: DictConfig) -> int:
+def cmd_export(cfg: DictConfig, overrides: list[str]) -> int:
     from search.export import ExportSettings, export_command
 
     return export_command(build_job(cfg), ExportSettings(**plain(cfg.export)))
 
 
-COMMANDS: dict[str, Callable[[DictConfig], int]] = {"search": cmd_search, "export": cmd_export}
+def cmd_sync(cfg: DictConfig, overrides: list[str]) -> int:
+    from search.sync import sync
+    from search.tracking import Tracker
+
+    if cfg.tracking.uri is None:
+        raise UsageError("tracking.uri is null: there is no MLflow store to sync to")
+    replayed = sync(study_of(cfg), Tracker(TrackingSettings(**plain(cfg.tracking))), objectives_of(cfg),
+                    params=settings_params(cfg))
+    print(f"synced {replayed} trials of study {cfg.search.study_name!r} to {redact(cfg.tracking.uri)}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[DictConfig, list[str]], int]] = {"search": cmd_search, "export": cmd_export, "sync": cmd_sync}
 
 
 def configure_logging(cfg: DictConfig) -> None:
@@ -162,13 +200,16 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(cfg))
             return 0
         configure_logging(cfg)
-        return COMMANDS[command](cfg)
+        return COMMANDS[command](cfg, [o for o in overrides if o != "--cfg"])
     except UsageError as exc:
         print(f"autosqueeze: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, TypeError, FileNotFoundError, HydraException) as exc:
+    except (ValueError, TypeError, FileNotFoundError, HydraException, ExportError) as exc:
         print(f"autosqueeze: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_USAGE
+    except ConnectionError as exc:
+        print(f"autosqueeze: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from matplotlib import colormaps
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -21,12 +22,11 @@ from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
+from evaluators.base import Objective
 from search import pareto
 from search.study import feasible
 from search.trial import TrialResult
 from spaces.base import PRECISIONS
-
-from evaluators.base import Objective
 
 if TYPE_CHECKING:
     import optuna
@@ -42,7 +42,7 @@ AXES: dict[str, tuple[str, float]] = {
     "params": ("parameters (thousands)", 1e-3), "macs": ("MACs (millions)", 1e-6)}
 DEFAULT_X = ("size_bytes", "latency_ms")
 PRECISION_COLOURS = {"fp32": "#e8e8e8", "fp16": "#9ecae1", "int16": "#4292c6", "int8": "#41ab5d", "int4": "#fd8d3c"}
-DPI = 110
+DPI = 100
 
 
 @dataclass(frozen=True)
@@ -85,15 +85,12 @@ def hypervolume_history(results: Sequence[TrialResult], feasible_numbers: frozen
     return history
 
 
-def _natural(name: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
 def layer_order(results: Sequence[TrialResult], params_order: Sequence[str] = ()) -> list[str]:
     """Layers in model order: Optuna stores the precision knobs in definition order; the rest sort naturally."""
     seen = {name for r in results for name in (*r.plan.prune, *r.plan.quant)}
     ordered = list(dict.fromkeys(n for n in params_order if n in seen))
-    return ordered + sorted(seen - set(ordered), key=_natural)
+    natural = (lambda name: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)])
+    return ordered + sorted(seen - set(ordered), key=natural)
 
 
 def plan_label(plan: Plan) -> str:
@@ -113,16 +110,21 @@ def x_metrics(data: PlotData) -> list[str]:
     return [m for m in dict.fromkeys(wanted) if all(m in r.metrics for r in data.results) and m in data.baseline]
 
 
+def _axis(metric: str) -> tuple[str, float]:
+    return _axis(metric)
+
+
 def _xy(results: Sequence[TrialResult], metric: str) -> tuple[np.ndarray, np.ndarray]:
-    scale = AXES.get(metric, (metric, 1.0))[1]
+    scale = _axis(metric)[1]
     return (np.array([r.metrics[metric] * scale for r in results]), np.array([r.metrics[Y_METRIC] for r in results]))
 
 
 def _groups(data: PlotData) -> dict[str, list[TrialResult]]:
-    members = {r.number for r in data.front}
+    members = {r.number for r in data.front}  # drawn on their own, on top
     return {"feasible": [r for r in data.results if r.number in data.feasible and r.number not in members],
             "infeasible": [r for r in data.results if r.number not in data.feasible],
-            "front": sorted(data.front, key=lambda r: r.number)}
+            "front": sorted(data.front, key=lambda r: r.number),
+            "reference": [r for r in data.results if r.number in data.references]}
 
 
 def _front_2d(members: Sequence[TrialResult], metric: str) -> list[TrialResult]:
@@ -132,25 +134,23 @@ def _front_2d(members: Sequence[TrialResult], metric: str) -> list[TrialResult]:
 
 
 def _front_axes(ax: Axes, data: PlotData, metric: str) -> None:
-    label, scale = AXES.get(metric, (metric, 1.0))
+    """One panel of the front PNG: accuracy against ``metric``."""
+    label, scale = _axis(metric)
     groups = _groups(data)
     ax.scatter(*_xy(groups["feasible"], metric), s=30, c="tab:blue", alpha=0.35, label="feasible trial")
     ax.scatter(*_xy(groups["infeasible"], metric), s=40, marker="x", c="tab:red", alpha=0.7,
                label="infeasible trial (breaks a constraint)")
-    front = groups["front"]
-    fx, fy = _xy(front, metric)
-    ax.plot(*_xy(_front_2d(front, metric), metric), "-", c="tab:orange", lw=1.5, drawstyle="steps-post",
+    ax.plot(*_xy(_front_2d(groups["front"], metric), metric), "-", c="tab:orange", lw=1.5, drawstyle="steps-post",
             label="front in this 2-D view", zorder=2)
-    ax.plot(fx, fy, "o", c="tab:orange", ms=9, mec="black", label="Pareto front (all objectives)", zorder=3)
-    refs = [r for r in data.results if r.number in data.references]
-    rx, ry = _xy(refs, metric)
-    ax.scatter(rx, ry, s=160, marker="s", facecolors="none", edgecolors="tab:green", lw=2, label="reference plan")
-    for r, x, y in zip(refs, rx, ry):
-        ax.annotate(f"#{r.number} {plan_label(r.plan)}", (x, y), xytext=(7, -14), textcoords="offset points",
-                    fontsize=8, color="darkgreen", weight="bold" if r in front else "normal")
-    for r, x, y in zip(front, fx, fy):
-        if r.number not in data.references:
-            ax.annotate(f"#{r.number}", (x, y), xytext=(6, 6), textcoords="offset points", fontsize=9, weight="bold")
+    ax.plot(*_xy(groups["front"], metric), "o", c="tab:orange", ms=9, mec="black",
+            label="Pareto front (all objectives)", zorder=3)
+    ax.scatter(*_xy(groups["reference"], metric), s=160, marker="s", facecolors="none", edgecolors="tab:green", lw=2,
+               label="reference plan")
+    for r in {r.number: r for r in (*groups["front"], *groups["reference"])}.values():
+        ref = r.number in data.references
+        ax.annotate(f"#{r.number}" + (f" {plan_label(r.plan)}" if ref else ""), (r.metrics[metric] * scale,
+                    r.metrics[Y_METRIC]), xytext=(7, -14 if ref else 6), textcoords="offset points", fontsize=8,
+                    color="darkgreen" if ref else "black", weight="bold")
     bx, by = data.baseline[metric] * scale, data.baseline[Y_METRIC]
     ax.scatter([bx], [by], s=260, marker="*", c="black", label="baseline (fp32, unpruned)", zorder=4)
     ax.annotate("baseline", (bx, by), xytext=(-8, 8), textcoords="offset points", ha="right", fontsize=9)
@@ -161,7 +161,7 @@ def _front_axes(ax: Axes, data: PlotData, metric: str) -> None:
 
 def front_png(data: PlotData, path: Path) -> Path:
     metrics = x_metrics(data)
-    fig = Figure(figsize=(6.5 * len(metrics), 5.2), layout="constrained")
+    fig = Figure(figsize=(6.2 * len(metrics), 5.0), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics):
         _front_axes(ax, data, metric)
@@ -174,35 +174,48 @@ def front_png(data: PlotData, path: Path) -> Path:
 
 def _hover(r: TrialResult, data: PlotData) -> str:
     lines = [f"trial {r.number}" + (f" (reference: {plan_label(r.plan)})" if r.number in data.references else "")]
-    lines += [f"{AXES.get(m, (m, 1))[0]}: {r.metrics[m] * AXES.get(m, (m, 1.0))[1]:.4g}"
-              for m in (Y_METRIC, *x_metrics(data))]
+    lines += [f"{_axis(m)[0]}: {r.metrics[m] * _axis(m)[1]:.4g}" for m in (Y_METRIC, *x_metrics(data))]
     lines.append(f"accuracy drop: {r.metrics.get('accuracy_drop', float('nan')):.2f} points")
     return "<br>".join(lines + ["feasible" if r.number in data.feasible else "infeasible"])
 
 
+HTML_STYLES = {
+    "feasible trial": dict(mode="markers", marker=dict(color="rgba(31,119,180,0.4)", size=8)),
+    "infeasible trial": dict(mode="markers", marker=dict(color="crimson", symbol="x", size=8)),
+    "Pareto front (all objectives)": dict(mode="markers+text", textposition="top center",
+                                          marker=dict(color="orange", size=12, line=dict(width=1))),
+    "reference plan": dict(mode="markers", marker=dict(symbol="square-open", size=16, color="green",
+                                                        line=dict(width=2)))}
+
+
+def _front_traces(data: PlotData, metric: str, first: bool) -> list[go.Scatter]:
+    """One subplot of the interactive front: trial groups, the 2-D staircase and the baseline."""
+    groups = dict(zip(HTML_STYLES, _groups(data).values()))
+    traces = []
+    for name, group in groups.items():
+        x, y = _xy(group, metric)
+        traces.append(go.Scatter(x=x, y=y, name=name, legendgroup=name, showlegend=first,
+                                 text=[f"#{r.number}" for r in group] if name.startswith("Pareto") else None,
+                                 customdata=[r.number for r in group], hovertext=[_hover(r, data) for r in group],
+                                 hovertemplate="%{hovertext}<extra></extra>", **HTML_STYLES[name]))
+    x, y = _xy(_front_2d(data.front, metric), metric)
+    traces.append(go.Scatter(x=x, y=y, mode="lines", name="front in this 2-D view", legendgroup="2d",
+                             showlegend=first, line=dict(color="orange", shape="hv"), hoverinfo="skip"))
+    return traces + [go.Scatter(x=[data.baseline[metric] * _axis(metric)[1]], y=[data.baseline[Y_METRIC]],
+                                mode="markers+text", text=["baseline"], textposition="bottom center",
+                                name="baseline (fp32, unpruned)", legendgroup="baseline", showlegend=first,
+                                marker=dict(symbol="star", size=16, color="black"))]
+
+
 def front_html(data: PlotData, path: Path) -> Path:
+    """The front plot as interactive HTML: hover a point for its trial number and metrics."""
     metrics = x_metrics(data)
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[AXES.get(m, (m,))[0] for m in metrics])
-    styles = {"feasible": dict(mode="markers", marker=dict(color="rgba(31,119,180,0.4)", size=8)),
-              "infeasible": dict(mode="markers", marker=dict(color="crimson", symbol="x", size=8)),
-              "front": dict(mode="markers+text", marker=dict(color="orange", size=12, line=dict(width=1)),
-                            textposition="top center")}
+    titles = [f"accuracy vs {_axis(m)[0].split(' (')[0]}" for m in metrics]
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=titles)
     for col, metric in enumerate(metrics, start=1):
-        for name, group in _groups(data).items():
-            x, y = _xy(group, metric)
-            fig.add_trace(go.Scatter(x=x, y=y, name=name, legendgroup=name, showlegend=col == 1,
-                                     text=[f"#{r.number}" for r in group] if name == "front" else None,
-                                     customdata=[r.number for r in group], hovertemplate="%{hovertext}<extra></extra>",
-                                     hovertext=[_hover(r, data) for r in group], **styles[name]), row=1, col=col)
-        x, y = _xy(_front_2d(data.front, metric), metric)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="front in 2-D view",
-                                 line=dict(color="orange", shape="hv"), legendgroup="2d", showlegend=col == 1,
-                                 hoverinfo="skip"), row=1, col=col)
-        fig.add_trace(go.Scatter(x=[data.baseline[metric] * AXES.get(metric, (metric, 1.0))[1]],
-                                 y=[data.baseline[Y_METRIC]], mode="markers+text", text=["baseline"],
-                                 textposition="bottom center", name="baseline", legendgroup="baseline",
-                                 showlegend=col == 1, marker=dict(symbol="star", size=16, color="black")), row=1, col=col)
-        fig.update_xaxes(title_text=AXES.get(metric, (metric,))[0], row=1, col=col)
+        for trace in _front_traces(data, metric, first=col == 1):
+            fig.add_trace(trace, row=1, col=col)
+        fig.update_xaxes(title_text=_axis(metric)[0], row=1, col=col)
         fig.update_yaxes(title_text=AXES[Y_METRIC][0], row=1, col=col)
     fig.update_layout(title="Pareto front (hover a point for its trial)", height=520, template="plotly_white")
     return _write_html(fig, path)
@@ -211,8 +224,7 @@ def front_html(data: PlotData, path: Path) -> Path:
 def hypervolume_png(data: PlotData, path: Path) -> Path:
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.subplots()
-    numbers = [n for n, _ in data.hv_history]
-    values = [v for _, v in data.hv_history]
+    numbers, values = [n for n, _ in data.hv_history], [v for _, v in data.hv_history]
     ax.step(numbers, values, where="post", c="tab:purple", lw=2)
     ax.plot(numbers, values, "o", c="tab:purple", ms=5, label="after this trial")
     refs = [(n, v) for n, v in data.hv_history if n in data.references]
@@ -245,12 +257,12 @@ def hypervolume_html(data: PlotData, path: Path) -> Path:
 def layer_matrix(members: Sequence[TrialResult], layers: Sequence[str]) -> tuple[np.ndarray, list[list[str]]]:
     """Prune ratio (NaN where the layer roots no prune group) and precision of each member and layer."""
     ratios = np.array([[r.plan.prune.get(layer, np.nan) for layer in layers] for r in members], dtype=float)
-    return ratios.reshape(len(members), len(layers)), [[r.plan.quant.get(l, "fp32") for l in layers] for r in members]
+    return ratios.reshape(len(members), len(layers)), [[r.plan.quant.get(n, "fp32") for n in layers] for r in members]
 
 
 def _top(ratios: np.ndarray) -> float:
     """The colour scale's top: the space's usual 0.5, or more when a plan prunes harder."""
-    return max(0.5, float(np.nanmax(ratios))) if np.isfinite(ratios).any() else 0.5
+    return float(np.nanmax(np.append(ratios.ravel(), 0.5)))
 
 
 def layers_png(data: PlotData, path: Path) -> Path:
@@ -260,7 +272,7 @@ def layers_png(data: PlotData, path: Path) -> Path:
     fig = Figure(figsize=(max(7.0, 0.42 * len(layers) + 3), 2 * (0.38 * len(rows) + 0.9) + 2.6),
                  layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
-    cmap = ListedColormap(["#fff7bc", "#fec44f", "#ec7014", "#cc4c02", "#8c2d04"]).with_extremes(bad="#d9d9d9")
+    cmap = colormaps["YlOrBr"].with_extremes(bad="#d9d9d9")
     image = top.imshow(np.ma.masked_invalid(ratios), cmap=cmap, vmin=0, vmax=_top(ratios), aspect="auto")
     fig.colorbar(image, ax=top, label="prune ratio", fraction=0.04, pad=0.01)
     codes = np.array([[PRECISIONS.index(p) for p in row] for row in precisions]).reshape(ratios.shape)
@@ -298,6 +310,7 @@ def layers_html(data: PlotData, path: Path) -> Path:
                              zmin=0, zmax=len(PRECISIONS) - 1, colorscale=scale,
                              hovertemplate="%{y}<br>%{x}<br>%{text}<extra></extra>"), row=2, col=1)
     fig.update_xaxes(tickangle=-60)
+    fig.update_yaxes(autorange="reversed")  # first member on top, as in the PNG
     fig.update_layout(title="Per-layer choices of the Pareto-front members", template="plotly_white",
                       height=max(420, 2 * 28 * len(rows) + 320), width=max(700, 34 * len(layers) + 260))
     return _write_html(fig, path)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-import time
+import signal
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -16,7 +17,7 @@ from search.baseline import load_checkpoint, trained_baseline
 from search.finetune import FinetuneSettings
 from search.onnx_export import export_onnx
 from search.secrets import redact
-from search.storage import HeartbeatSettings, make_storage
+from search.storage import HeartbeatSettings, make_storage, storage_url
 from search.study import (BudgetCallback, FailureLimit, SearchSettings, completed, enqueue_references,
                           feasible_results, objective_fn, open_study)
 from search.tracking import Tracker, TrackingSettings
@@ -58,7 +59,7 @@ class Job:
 
     @property
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(self.run_dir / 'study.db').resolve()}"
+        return storage_url(self.storage, self.run_dir)
 
     def check(self) -> None:
         """Config errors that need no model: raise before any training."""
@@ -138,7 +139,14 @@ class SearchOutcome:
     stopped_early: bool
 
 
-def run_search(job: Job, *, on_stage: Callable[[int, str], None] | None = None) -> SearchOutcome:
+def run_search(job: Job, *, on_stage: Callable[[int, str], None] | None = None,
+               worker_command: Sequence[str] | None = None) -> SearchOutcome:
+    """Run trials until the study holds ``job.search.n_trials`` completed ones (or time runs out).
+
+    With ``worker_command`` this process only prepares the study (baseline, reference
+    plans, MLflow parent run) and then runs ``job.search.workers`` copies of that command,
+    which share the study through its storage, and gathers the front when all have ended.
+    """
     job.check()
     prepared = prepare(job)
     job.run_dir.mkdir(parents=True, exist_ok=True)
@@ -150,8 +158,9 @@ def run_search(job: Job, *, on_stage: Callable[[int, str], None] | None = None) 
     if tracker:
         parent = tracker.parent_run(job.search.study_name, study.user_attrs.get("mlflow_parent_run_id"),
                                     {**job.settings_params, "storage": redact(job.storage_url)})
-        study.set_user_attr("mlflow_parent_run_id", parent)
-        tracker.log_baseline(parent, ctx.baseline_metrics)
+        if parent:
+            study.set_user_attr("mlflow_parent_run_id", parent)
+            tracker.log_baseline(parent, ctx.baseline_metrics)
     enqueue_references(study, ctx, job.search.reference_ratio)
     limit = FailureLimit(job.search.max_failures)
     budget = job.search.n_trials
@@ -160,7 +169,9 @@ def run_search(job: Job, *, on_stage: Callable[[int, str], None] | None = None) 
     log.info("study %r: %d trials completed, budget %s", job.search.study_name, done, budget)
     status = "FINISHED"
     try:
-        if budget is None or done < budget:
+        if worker_command and (budget is None or done < budget):
+            run_workers(worker_command, job.search.workers)
+        elif budget is None or done < budget:
             study.optimize(objective_fn(ctx, job.objectives, job.constraints, tracker=tracker, parent_run=parent,
                                         trial_params=job.settings_params, budget=budget,
                                         trial_timeout=job.search.trial_timeout, on_stage=on_stage),
@@ -175,6 +186,23 @@ def run_search(job: Job, *, on_stage: Callable[[int, str], None] | None = None) 
                   study.trials[-1].user_attrs.get("error", "see the study"))
         return SearchOutcome(**{**outcome.__dict__, "stopped_early": True})
     return outcome
+
+
+def run_workers(command: Sequence[str], count: int) -> None:
+    """Start ``count`` worker processes and wait for all; Ctrl-C is passed on to each."""
+    log.info("starting %d workers: %s", count, redact(" ".join(command)))
+    workers = [subprocess.Popen(list(command)) for _ in range(count)]
+    try:
+        codes = [w.wait() for w in workers]
+    except KeyboardInterrupt:
+        for w in workers:
+            w.send_signal(signal.SIGINT)
+        for w in workers:
+            w.wait()
+        raise
+    failed = [c for c in codes if c not in (0, 1)]
+    if failed:
+        log.warning("%d of %d workers exited with an error (codes %s)", len(failed), count, failed)
 
 
 def finish(job: Job, study: optuna.Study, baseline: dict, tracker: Tracker | None, parent: str | None, *,
@@ -197,6 +225,3 @@ def finish(job: Job, study: optuna.Study, baseline: dict, tracker: Tracker | Non
     return SearchOutcome(study=study, front=members, baseline=baseline, hypervolume=hv, files=files,
                          stopped_early=False)
 
-
-def elapsed(start: float) -> str:
-    return f"{time.perf_counter() - start:.1f} s"

@@ -32,6 +32,11 @@ class HeartbeatSettings:
     max_retry: int = 2       # how often a dead worker's trial is re-run
 
 
+def storage_url(storage: str | None, run_dir: Path) -> str:
+    """The configured URL, or the study file inside the run's output folder."""
+    return storage or f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}"
+
+
 def make_storage(url: str, heartbeat: HeartbeatSettings = HeartbeatSettings(),
                  on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> optuna.storages.BaseStorage:
     """Open ``url`` and check that it answers; one clear error if it does not."""

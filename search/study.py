@@ -137,13 +137,14 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
             trial.set_user_attr("error", reason)
-            if tracker and run_id:
-                tracker.fail_trial(run_id, reason, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            if run_id:
+                tracker.fail_trial(run_id, reason, status=status)
             raise
         violations = [c.violation(result.metrics) for c in constraints]
         trial.set_user_attr("constraints", violations)
         trial.set_user_attr("result", result.to_attrs())
-        if tracker and run_id:
+        if run_id:
             tracker.finish_trial(run_id, result, feasible=all(v <= 0 for v in violations))
         return [result.metrics[o.metric] for o in objectives]
 

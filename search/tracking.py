@@ -5,11 +5,13 @@ state; several trials or workers can log side by side.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -31,16 +33,54 @@ class TrackingSettings:
     log_front_models: bool = True
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(method: F) -> F:
+    """Tracking never stops a search: a failed call warns (once) and returns None.
+
+    Trials whose logging was lost are replayed later from the study by ``autosqueeze sync``.
+    """
+
+    @functools.wraps(method)
+    def call(self: Tracker, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = method(self, *args, **kwargs)
+        except Exception as exc:  # network, server and store errors all mean "not logged"
+            level = logging.WARNING if self.healthy else logging.DEBUG
+            log.log(level, "MLflow at %s is unreachable (%s); the search goes on, and `autosqueeze sync` "
+                    "replays the missing logging later", redact(self.settings.uri),
+                    redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            self.healthy = False
+            return None
+        self.healthy = True
+        return result
+
+    return call  # type: ignore[return-value]
+
+
 class Tracker:
     """Writes a study and its trials to an MLflow tracking store."""
 
     def __init__(self, settings: TrackingSettings) -> None:
         self.settings = settings
+        self.healthy = True
+        if settings.uri.startswith("http"):
+            # MLflow's defaults retry a dead server for minutes; a trial should not wait that long.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.client = MlflowClient(tracking_uri=settings.uri)
-        found = self.client.get_experiment_by_name(settings.experiment)
-        self.experiment_id = (found.experiment_id if found is not None
-                              else self.client.create_experiment(settings.experiment))
+        self._experiment_id: str | None = None
 
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.settings.experiment)
+            self._experiment_id = (found.experiment_id if found is not None
+                                   else self.client.create_experiment(self.settings.experiment))
+        return self._experiment_id
+
+    @guarded
     def parent_run(self, study_name: str, existing: str | None, params: Mapping[str, Any]) -> str:
         """The study's run: reused when resuming, created (with the search settings) otherwise."""
         if existing:
@@ -51,6 +91,7 @@ class Tracker:
         self._log(run.info.run_id, params=params)
         return run.info.run_id
 
+    @guarded
     def trial_run(self, parent_id: str, number: int, params: Mapping[str, Any]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}",
                                      tags={PARENT_TAG: parent_id, "kind": "trial", "trial": str(number),
@@ -58,7 +99,8 @@ class Tracker:
         self._log(run.info.run_id, params=params)
         return run.info.run_id
 
-    def finish_trial(self, run_id: str, result: TrialResult, *, feasible: bool) -> None:
+    @guarded
+    def finish_trial(self, run_id: str, result: TrialResult, *, feasible: bool) -> bool:
         metrics = [Metric(k, float(v), _now(), 0) for k, v in result.metrics.items()]
         metrics += [Metric(f"time_{k}_s", float(v), _now(), 0) for k, v in result.timings.items()]
         for step, loss, accuracy in result.curve:
@@ -66,29 +108,38 @@ class Tracker:
         self._log(run_id, metrics=metrics, tags={"state": "COMPLETE", "feasible": str(feasible).lower(),
                                                  "pareto": "false", "sha256": result.sha256})
         self.client.set_terminated(run_id, status="FINISHED")
+        return True
 
-    def fail_trial(self, run_id: str, reason: str, *, status: str = "FAILED") -> None:
+    @guarded
+    def fail_trial(self, run_id: str, reason: str, *, status: str = "FAILED") -> bool:
         self._log(run_id, tags={"state": "FAIL", "feasible": "false", "pareto": "false",
                                 "error": reason[:4000]})
         self.client.set_terminated(run_id, status=status)
+        return True
 
+    @guarded
     def log_baseline(self, parent_id: str, metrics: Mapping[str, float]) -> None:
         self._log(parent_id, metrics=[Metric(f"baseline_{k}", float(v), _now(), 0) for k, v in metrics.items()])
 
+    @guarded
     def mark_front(self, run_ids: Mapping[str, bool]) -> None:
         """Keep ``pareto=true`` exactly on the current front members."""
         for run_id, member in run_ids.items():
             self.client.set_tag(run_id, "pareto", str(member).lower())
 
+    @guarded
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, path, artifact_path)
 
+    @guarded
     def log_front(self, parent_id: str, metrics: Mapping[str, float]) -> None:
         self._log(parent_id, metrics=[Metric(k, float(v), _now(), 0) for k, v in metrics.items()])
 
+    @guarded
     def end_study(self, parent_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(parent_id, status=status)
 
+    @guarded
     def log_export(self, parent_id: str | None, folder: Path, manifest: Mapping[str, Any]) -> str:
         """A run holding the deploy folder, nested under the study's run."""
         tags = {"kind": "export", "trial": str(manifest["trial"]), "sha256": manifest["files"]["model.onnx"]}
