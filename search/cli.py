@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hydra import compose, initialize_config_module
-from hydra.errors import HydraException
+from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from optuna.exceptions import ExperimentalWarning
 from omegaconf.errors import OmegaConfBaseException
 
 from evaluators.base import Constraint, Objective
@@ -31,6 +32,7 @@ commands:
   search   run (or resume) a compression search and print its Pareto front
   export   write a deploy folder for one trial of a finished study
   sync     log to MLflow the trials a search could not log (server down, tracking off)
+  report   write an HTML report of a study (front, plots, per-layer sensitivity, export commands)
 
 Overrides use Hydra syntax, e.g.  autosqueeze search search.n_trials=40 space.prune.ratios=[0,0.25,0.5]
 Show the composed config with:      autosqueeze search --cfg"""
@@ -92,10 +94,11 @@ def objectives_of(cfg: DictConfig) -> list[Objective]:
 
 def study_of(cfg: DictConfig):
     """The configured study, opened without loading any model or data."""
-    from search.storage import make_storage, storage_url
+    from search.storage import existing_storage, storage_url
     from search.study import load_study
 
-    return load_study(cfg.search.study_name, make_storage(storage_url(cfg.storage, Path(cfg.paths.run_dir))))
+    url = storage_url(cfg.storage, Path(cfg.paths.run_dir))
+    return load_study(cfg.search.study_name, existing_storage(url, cfg.search.study_name))
 
 
 def settings_params(cfg: DictConfig) -> dict[str, Any]:
@@ -173,7 +176,32 @@ def cmd_sync(cfg: DictConfig, overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[DictConfig, list[str]], int]] = {"search": cmd_search, "export": cmd_export, "sync": cmd_sync}
+def cmd_report(cfg: DictConfig, overrides: list[str]) -> int:
+    """``<run_dir>/report.html`` plus ``<run_dir>/plots/`` for an existing study; loads no data and no model."""
+    import shlex
+
+    from search.report import write_report
+
+    run_dir, name, objectives = Path(cfg.paths.run_dir), cfg.search.study_name, objectives_of(cfg)
+    if cfg.storage is None and not (run_dir / "study.db").is_file():
+        raise UsageError(f"no study at {run_dir / 'study.db'}: run `autosqueeze search` first, or point "
+                         "search.study_name=, paths.run_dir= or storage= at the study")
+    study = study_of(cfg)
+    stored, declared = study.user_attrs.get("objectives"), [o.metric for o in objectives]
+    if stored is not None and stored != declared:
+        raise UsageError(f"study {name!r} optimises {stored}, the config declares {declared}; "
+                         "pass the evaluator overrides the search used")
+    # The export command repeats the overrides that locate the study (and model/data ones), URLs redacted.
+    kept = [o for o in overrides if not o.startswith(("storage=", "search.study_name=", "export."))]
+    where = [f"storage={redact(cfg.storage)}"] if cfg.storage else []
+    path = write_report(study, objectives, run_dir / "report.html", export_hint=lambda n: shlex.join(
+        ["autosqueeze", "export", f"search.study_name={name}", f"export.trial={n}", *where, *kept]))
+    print(path)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[DictConfig, list[str]], int]] = {
+    "search": cmd_search, "export": cmd_export, "sync": cmd_sync, "report": cmd_report}
 
 
 def configure_logging(cfg: DictConfig) -> None:
@@ -181,8 +209,21 @@ def configure_logging(cfg: DictConfig) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("alembic", "mlflow", "root", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "root" else logging.ERROR)
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeat: stable in practice
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the user's own error, not Hydra's wrapper around it."""
+    if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        target = str(exc).split("'")[1] if str(exc).count("'") >= 2 else "the factory"
+        cause = exc.__cause__
+        if isinstance(cause, ImportError | AttributeError):
+            return f"cannot import {target!r}: {str(cause).splitlines()[0]}"
+        exc = cause
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no details'}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autosqueeze: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, TypeError, FileNotFoundError, HydraException, ExportError) as exc:
-        print(f"autosqueeze: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"autosqueeze: {_reason(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except ConnectionError as exc:
         print(f"autosqueeze: {exc}", file=sys.stderr)

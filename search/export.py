@@ -108,11 +108,11 @@ def write_package(result: TrialResult, *, out_dir: Path, data: DataSplits, evalu
 def export_command(job: Any, settings: ExportSettings) -> int:
     """``autosqueeze export``: pick a trial of the study, package it, log it to MLflow."""
     from search.runner import build_context
-    from search.storage import make_storage
+    from search.storage import existing_storage
     from search.study import feasible_results, load_study, results
     from search import pareto
 
-    study = load_study(job.search.study_name, make_storage(job.storage_url))
+    study = load_study(job.search.study_name, existing_storage(job.storage_url, job.search.study_name))
     front = pareto.front(feasible_results(study), job.objectives)
     chosen = select(front, settings, results(study))
     if not (Path(chosen.model_path).is_file() and sha256_of(Path(chosen.model_path)) == chosen.sha256):

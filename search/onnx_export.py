@@ -5,6 +5,8 @@ legacy one, and export runs in every trial (see experiments/ for the measurement
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from pathlib import Path
 
@@ -25,8 +27,10 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Pa
     """Write ``model`` (eval mode, BatchNorm folded) to ``path`` with a dynamic batch axis."""
     model.eval()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice, once per trial
+        # the legacy exporter's deprecation notice (once per trial), and on failure the whole
+        # TorchScript graph printed to stdout: the one-line error below says what matters
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
             torch.onnx.export(model, (example_input,), str(path), dynamo=False, opset_version=OPSET,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},

@@ -1,9 +1,8 @@
 """Plots of a study: the Pareto front, the hypervolume history and the front's per-layer choices.
 
-Each plot is written twice: a PNG (matplotlib's object API rendered by Agg, so no display
-and no global backend switch) for the report and MLflow previews, and an interactive HTML
-file (plotly with its JavaScript inlined, so it opens offline). The figure builders take
-plain data (:class:`PlotData`); only :meth:`PlotData.from_study` knows about Optuna.
+Each plot is written as a PNG (matplotlib's object API on Agg: no display, no global backend)
+and as an interactive HTML file (plotly, JavaScript inlined so it opens offline). The figure
+builders take plain data (:class:`PlotData`); only :meth:`PlotData.from_study` reads Optuna.
 """
 from __future__ import annotations
 
@@ -15,9 +14,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 from matplotlib import colormaps
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
@@ -26,7 +23,6 @@ from evaluators.base import Objective
 from search import pareto
 from search.study import feasible
 from search.trial import TrialResult
-from spaces.base import PRECISIONS
 
 if TYPE_CHECKING:
     import optuna
@@ -40,16 +36,14 @@ AXES: dict[str, tuple[str, float]] = {
     "accuracy": ("accuracy (%)", 1.0), "size_bytes": ("ONNX file size (KB)", 1e-3),
     "compressed_bytes": ("compressed size (KB)", 1e-3), "latency_ms": ("latency, batch 1 (ms)", 1.0),
     "params": ("parameters (thousands)", 1e-3), "macs": ("MACs (millions)", 1e-6)}
-DEFAULT_X = ("size_bytes", "latency_ms")
-PRECISION_COLOURS = {"fp32": "#e8e8e8", "fp16": "#9ecae1", "int16": "#4292c6", "int8": "#41ab5d", "int4": "#fd8d3c"}
+HV_TITLE, HV_AXIS = "Hypervolume of the feasible Pareto front after each trial", "hypervolume (objectives / baseline)"
 DPI = 100
 
 
 @dataclass(frozen=True)
 class PlotData:
-    """Everything the plots show, as plain values."""
-
-    results: Sequence[TrialResult]  # every completed trial, in trial order
+    """Everything the plots show, as plain values; ``results`` holds every completed trial in order."""
+    results: Sequence[TrialResult]
     feasible: frozenset[int]
     front: Sequence[TrialResult]
     baseline: Mapping[str, float]
@@ -62,31 +56,25 @@ class PlotData:
     def from_study(cls, study: optuna.Study, objectives: Sequence[Objective]) -> PlotData:
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "result" in t.user_attrs]
         results = [TrialResult.from_attrs(t.number, t.user_attrs["result"]) for t in done]
-        ok = frozenset(t.number for t in done if feasible(t))
-        baseline = study.user_attrs.get("baseline", {})
-        members = pareto.front([r for r in results if r.number in ok], objectives)
+        ok, baseline = frozenset(t.number for t in done if feasible(t)), study.user_attrs.get("baseline", {})
         order = [name.partition(".")[2] for name in (done[0].params if done else ()) if name.startswith("quant.")]
-        return cls(results=results, feasible=ok, front=members, baseline=baseline, objectives=objectives,
+        return cls(results=results, feasible=ok, front=pareto.front([r for r in results if r.number in ok], objectives),
+                   baseline=baseline, objectives=objectives, layers=layer_order(results, order),
                    references=frozenset(t.number for t in done if t.user_attrs.get("reference")),
-                   hv_history=hypervolume_history(results, ok, objectives, baseline),
-                   layers=layer_order(results, order))
+                   hv_history=hypervolume_history(results, ok, objectives, baseline))
 
 
 def hypervolume_history(results: Sequence[TrialResult], feasible_numbers: frozenset[int],
                         objectives: Sequence[Objective], baseline: Mapping[str, float]) -> list[tuple[int, float]]:
-    """Hypervolume of the feasible front formed by the trials numbered up to each completed trial."""
-    history: list[tuple[int, float]] = []
-    pool: list[TrialResult] = []
-    for result in sorted(results, key=lambda r: r.number):
-        if result.number in feasible_numbers:
-            pool.append(result)
-        members = pareto.front(pool, objectives) if pool else []
-        history.append((result.number, pareto.hypervolume(members, objectives, baseline) if baseline else 0.0))
-    return history
+    """Hypervolume of the feasible trials numbered up to each completed trial (dominated ones add nothing)."""
+    ordered = sorted(results, key=lambda r: r.number)
+    pools = [[r for r in ordered[:i + 1] if r.number in feasible_numbers] for i in range(len(ordered))]
+    return [(r.number, pareto.hypervolume(pool, objectives, baseline) if baseline else 0.0)
+            for r, pool in zip(ordered, pools)]
 
 
 def layer_order(results: Sequence[TrialResult], params_order: Sequence[str] = ()) -> list[str]:
-    """Layers in model order: Optuna stores the precision knobs in definition order; the rest sort naturally."""
+    """Layers in model order: Optuna keeps the precision knobs in definition order; the rest sort naturally."""
     seen = {name for r in results for name in (*r.plan.prune, *r.plan.quant)}
     ordered = list(dict.fromkeys(n for n in params_order if n in seen))
     natural = (lambda name: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)])
@@ -106,17 +94,17 @@ def plan_label(plan: Plan) -> str:
 
 def x_metrics(data: PlotData) -> list[str]:
     """Size and latency, then any other minimised objective, when the trials measured them."""
-    wanted = [*DEFAULT_X, *(o.metric for o in data.objectives if o.metric != Y_METRIC)]
+    wanted = ["size_bytes", "latency_ms", *(o.metric for o in data.objectives if o.metric != Y_METRIC)]
     return [m for m in dict.fromkeys(wanted) if all(m in r.metrics for r in data.results) and m in data.baseline]
 
 
 def _axis(metric: str) -> tuple[str, float]:
-    return _axis(metric)
+    return AXES.get(metric, (metric, 1.0))  # unknown metrics: their own name, unscaled
 
 
 def _xy(results: Sequence[TrialResult], metric: str) -> tuple[np.ndarray, np.ndarray]:
     scale = _axis(metric)[1]
-    return (np.array([r.metrics[metric] * scale for r in results]), np.array([r.metrics[Y_METRIC] for r in results]))
+    return np.array([r.metrics[metric] * scale for r in results]), np.array([r.metrics[Y_METRIC] for r in results])
 
 
 def _groups(data: PlotData) -> dict[str, list[TrialResult]]:
@@ -135,8 +123,7 @@ def _front_2d(members: Sequence[TrialResult], metric: str) -> list[TrialResult]:
 
 def _front_axes(ax: Axes, data: PlotData, metric: str) -> None:
     """One panel of the front PNG: accuracy against ``metric``."""
-    label, scale = _axis(metric)
-    groups = _groups(data)
+    (label, scale), groups = _axis(metric), _groups(data)
     ax.scatter(*_xy(groups["feasible"], metric), s=30, c="tab:blue", alpha=0.35, label="feasible trial")
     ax.scatter(*_xy(groups["infeasible"], metric), s=40, marker="x", c="tab:red", alpha=0.7,
                label="infeasible trial (breaks a constraint)")
@@ -160,6 +147,7 @@ def _front_axes(ax: Axes, data: PlotData, metric: str) -> None:
 
 
 def front_png(data: PlotData, path: Path) -> Path:
+    """Accuracy against size and against latency, side by side."""
     metrics = x_metrics(data)
     fig = Figure(figsize=(6.2 * len(metrics), 5.0), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
@@ -179,25 +167,23 @@ def _hover(r: TrialResult, data: PlotData) -> str:
     return "<br>".join(lines + ["feasible" if r.number in data.feasible else "infeasible"])
 
 
-HTML_STYLES = {
-    "feasible trial": dict(mode="markers", marker=dict(color="rgba(31,119,180,0.4)", size=8)),
-    "infeasible trial": dict(mode="markers", marker=dict(color="crimson", symbol="x", size=8)),
-    "Pareto front (all objectives)": dict(mode="markers+text", textposition="top center",
-                                          marker=dict(color="orange", size=12, line=dict(width=1))),
-    "reference plan": dict(mode="markers", marker=dict(symbol="square-open", size=16, color="green",
-                                                        line=dict(width=2)))}
+HTML_STYLES = {  # in _groups' order: legend name, plotly marker
+    "feasible trial": dict(color="rgba(31,119,180,0.4)", size=8),
+    "infeasible trial": dict(color="crimson", symbol="x", size=8),
+    "Pareto front (all objectives)": dict(color="orange", size=12, line=dict(width=1)),
+    "reference plan": dict(symbol="square-open", size=16, color="green", line=dict(width=2))}
 
 
 def _front_traces(data: PlotData, metric: str, first: bool) -> list[go.Scatter]:
     """One subplot of the interactive front: trial groups, the 2-D staircase and the baseline."""
-    groups = dict(zip(HTML_STYLES, _groups(data).values()))
     traces = []
-    for name, group in groups.items():
+    for name, group in zip(HTML_STYLES, _groups(data).values()):
         x, y = _xy(group, metric)
         traces.append(go.Scatter(x=x, y=y, name=name, legendgroup=name, showlegend=first,
-                                 text=[f"#{r.number}" for r in group] if name.startswith("Pareto") else None,
+                                 mode="markers+text", text=[f"#{r.number}" if name.startswith("Pareto") else ""
+                                                            for r in group], textposition="top center",
                                  customdata=[r.number for r in group], hovertext=[_hover(r, data) for r in group],
-                                 hovertemplate="%{hovertext}<extra></extra>", **HTML_STYLES[name]))
+                                 hovertemplate="%{hovertext}<extra></extra>", marker=HTML_STYLES[name]))
     x, y = _xy(_front_2d(data.front, metric), metric)
     traces.append(go.Scatter(x=x, y=y, mode="lines", name="front in this 2-D view", legendgroup="2d",
                              showlegend=first, line=dict(color="orange", shape="hv"), hoverinfo="skip"))
@@ -210,8 +196,8 @@ def _front_traces(data: PlotData, metric: str, first: bool) -> list[go.Scatter]:
 def front_html(data: PlotData, path: Path) -> Path:
     """The front plot as interactive HTML: hover a point for its trial number and metrics."""
     metrics = x_metrics(data)
-    titles = [f"accuracy vs {_axis(m)[0].split(' (')[0]}" for m in metrics]
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=titles)
+    fig = make_subplots(rows=1, cols=len(metrics),
+                        subplot_titles=[f"accuracy vs {_axis(m)[0].split(' (')[0]}" for m in metrics])
     for col, metric in enumerate(metrics, start=1):
         for trace in _front_traces(data, metric, first=col == 1):
             fig.add_trace(trace, row=1, col=col)
@@ -222,23 +208,18 @@ def front_html(data: PlotData, path: Path) -> Path:
 
 
 def hypervolume_png(data: PlotData, path: Path) -> Path:
+    """The hypervolume as a step line over trial numbers, reference trials boxed."""
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.subplots()
     numbers, values = [n for n, _ in data.hv_history], [v for _, v in data.hv_history]
-    ax.step(numbers, values, where="post", c="tab:purple", lw=2)
-    ax.plot(numbers, values, "o", c="tab:purple", ms=5, label="after this trial")
-    refs = [(n, v) for n, v in data.hv_history if n in data.references]
-    if refs:
-        ax.plot(*zip(*refs), "s", mfc="none", mec="tab:green", ms=11, mew=2, label="reference plan")
-    if values:
-        ax.annotate(f"final {values[-1]:.4f}", (numbers[-1], values[-1]), xytext=(-10, 8),
-                    textcoords="offset points", ha="right")
+    ax.step(numbers, values, "o-", where="post", c="tab:purple", lw=2, ms=5, label="after this trial")
+    refs = np.array([(n, v) for n, v in data.hv_history if n in data.references]).reshape(-1, 2).T
+    ax.plot(*refs, "s", mfc="none", mec="tab:green", ms=11, mew=2, label="reference plan")
     if not any(values):
         ax.text(0.5, 0.6, "0: no feasible trial is better than the baseline in every objective yet",
                 transform=ax.transAxes, ha="center", color="dimgrey")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="trial number", ylabel="hypervolume (objectives / baseline)",
-           title="Hypervolume of the feasible Pareto front after each trial")
+    ax.set(xlabel="trial number", ylabel=HV_AXIS, title=HV_TITLE + (f" (final {values[-1]:.4f})" if values else ""))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.savefig(path, dpi=DPI)
@@ -246,90 +227,73 @@ def hypervolume_png(data: PlotData, path: Path) -> Path:
 
 
 def hypervolume_html(data: PlotData, path: Path) -> Path:
+    """The hypervolume history, interactive."""
     fig = go.Figure(go.Scatter(x=[n for n, _ in data.hv_history], y=[v for _, v in data.hv_history],
                                mode="lines+markers", line=dict(shape="hv", color="purple"),
                                hovertemplate="trial %{x}<br>hypervolume %{y:.4f}<extra></extra>"))
-    fig.update_layout(title="Hypervolume of the feasible Pareto front after each trial", template="plotly_white",
-                      xaxis_title="trial number", yaxis_title="hypervolume (objectives / baseline)")
+    fig.update_layout(title=HV_TITLE, template="plotly_white", xaxis_title="trial number", yaxis_title=HV_AXIS)
     return _write_html(fig, path)
 
 
 def layer_matrix(members: Sequence[TrialResult], layers: Sequence[str]) -> tuple[np.ndarray, list[list[str]]]:
-    """Prune ratio (NaN where the layer roots no prune group) and precision of each member and layer."""
-    ratios = np.array([[r.plan.prune.get(layer, np.nan) for layer in layers] for r in members], dtype=float)
-    return ratios.reshape(len(members), len(layers)), [[r.plan.quant.get(n, "fp32") for n in layers] for r in members]
-
-
-def _top(ratios: np.ndarray) -> float:
-    """The colour scale's top: the space's usual 0.5, or more when a plan prunes harder."""
-    return float(np.nanmax(np.append(ratios.ravel(), 0.5)))
+    """Per member and layer: prune ratio (NaN: the layer roots no prune group), and "precision\\nratio" text."""
+    ratios = np.array([[r.plan.prune.get(n, np.nan) for n in layers] for r in members], dtype=float)
+    texts = [[r.plan.quant.get(n, "fp32") + ("" if n not in r.plan.prune else f"\n{r.plan.prune[n]:g}")
+              for n in layers] for r in members]
+    return ratios.reshape(len(members), len(layers)), texts
 
 
 def layers_png(data: PlotData, path: Path) -> Path:
+    """Members by layers: colour = prune ratio of the group the layer roots, text = precision (and ratio)."""
     members, layers = sorted(data.front, key=lambda r: r.number), list(data.layers)
-    ratios, precisions = layer_matrix(members, layers)
-    rows = [f"trial {r.number}" for r in members]
-    fig = Figure(figsize=(max(7.0, 0.42 * len(layers) + 3), 2 * (0.38 * len(rows) + 0.9) + 2.6),
-                 layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    cmap = colormaps["YlOrBr"].with_extremes(bad="#d9d9d9")
-    image = top.imshow(np.ma.masked_invalid(ratios), cmap=cmap, vmin=0, vmax=_top(ratios), aspect="auto")
-    fig.colorbar(image, ax=top, label="prune ratio", fraction=0.04, pad=0.01)
-    codes = np.array([[PRECISIONS.index(p) for p in row] for row in precisions]).reshape(ratios.shape)
-    bottom.imshow(codes, cmap=ListedColormap([PRECISION_COLOURS[p] for p in PRECISIONS]), vmin=-0.5,
-                  vmax=len(PRECISIONS) - 0.5, aspect="auto")
-    small = 7 if len(layers) > 24 else 8
+    (ratios, texts), rows = layer_matrix(members, layers), [f"trial {r.number}" for r in members]
+    top = float(np.nanmax(np.append(ratios, 0.5)))  # the usual 0.5, or more when a plan prunes harder
+    fig = Figure(figsize=(max(7.0, 0.45 * len(layers) + 3), 0.5 * len(rows) + 2.8), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(ratios), cmap=colormaps["YlOrBr"].with_extremes(bad="#e4e4e4"),
+                      vmin=0, vmax=top, aspect="auto")
+    fig.colorbar(image, ax=ax, label="prune ratio", fraction=0.04, pad=0.01)
     for (i, j), ratio in np.ndenumerate(ratios):
-        top.text(j, i, "–" if np.isnan(ratio) else f"{ratio:g}", ha="center", va="center", fontsize=small,
-                 color="white" if ratio >= 0.3 else "black")
-        bottom.text(j, i, precisions[i][j], ha="center", va="center", fontsize=small)
-    for ax, title in ((top, "prune ratio of the channel group rooted at each layer (grey: not a group root)"),
-                      (bottom, "precision of each layer")):
-        ax.set_yticks(range(len(rows)), rows)
-        ax.set_title(title, fontsize=10, loc="left")
-    bottom.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=8)
-    bottom.legend(handles=[Patch(color=PRECISION_COLOURS[p], label=p) for p in PRECISIONS], fontsize=8,
-                  loc="upper left", bbox_to_anchor=(1.01, 1.0), title="precision")
-    fig.suptitle(f"Per-layer choices of the {len(rows)} Pareto-front members", fontsize=12)
+        ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=7 if len(layers) > 24 else 8,
+                color="white" if ratio >= 0.6 * top else "black",
+                weight="normal" if texts[i][j].startswith("fp32") else "bold")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=8)
+    ax.set_title(f"Per-layer choices of the {len(rows)} Pareto-front members\ncolour: prune ratio of the channel "
+                 "group the layer roots (grey: not a group root); text: precision, then ratio", fontsize=10)
     fig.savefig(path, dpi=DPI)
     return path
 
 
 def layers_html(data: PlotData, path: Path) -> Path:
+    """The same heatmap, interactive; hover a cell for its trial, layer, precision and ratio."""
     members, layers = sorted(data.front, key=lambda r: r.number), list(data.layers)
-    ratios, precisions = layer_matrix(members, layers)
-    rows = [f"trial {r.number}" for r in members]
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=["prune ratio (blank: not a group root)", "precision"])
-    fig.add_trace(go.Heatmap(z=ratios, x=layers, y=rows, zmin=0, zmax=_top(ratios), colorscale="YlOrBr",
-                             texttemplate="%{z}", colorbar=dict(title="prune ratio", len=0.45, y=0.78),
-                             hovertemplate="%{y}<br>%{x}<br>prune ratio %{z}<extra></extra>"), row=1, col=1)
-    codes = [[PRECISIONS.index(p) for p in row] for row in precisions]
-    scale = [[i / (len(PRECISIONS) - 1), PRECISION_COLOURS[p]] for i, p in enumerate(PRECISIONS)]
-    fig.add_trace(go.Heatmap(z=codes, x=layers, y=rows, text=precisions, texttemplate="%{text}", showscale=False,
-                             zmin=0, zmax=len(PRECISIONS) - 1, colorscale=scale,
-                             hovertemplate="%{y}<br>%{x}<br>%{text}<extra></extra>"), row=2, col=1)
-    fig.update_xaxes(tickangle=-60)
-    fig.update_yaxes(autorange="reversed")  # first member on top, as in the PNG
-    fig.update_layout(title="Per-layer choices of the Pareto-front members", template="plotly_white",
-                      height=max(420, 2 * 28 * len(rows) + 320), width=max(700, 34 * len(layers) + 260))
+    (ratios, texts), rows = layer_matrix(members, layers), [f"trial {r.number}" for r in members]
+    texts = [[t.replace("\n", "<br>") for t in row] for row in texts]
+    fig = go.Figure(go.Heatmap(z=ratios, x=layers, y=rows, zmin=0, zmax=np.nanmax(np.append(ratios, 0.5)),
+                               colorscale="YlOrBr", text=texts, texttemplate="%{text}", hovertemplate="%{y}<br>%{x}<br>"
+                               "%{text}<extra></extra>", colorbar=dict(title="prune ratio")))
+    fig.update_layout(title="Per-layer choices of the Pareto-front members (colour: prune ratio; text: precision)",
+                      template="plotly_white", xaxis_tickangle=-60, yaxis_autorange="reversed",
+                      height=max(380, 34 * len(rows) + 300), width=max(700, 40 * len(layers) + 260))
     return _write_html(fig, path)
 
 
 def _write_html(fig: go.Figure, path: Path) -> Path:
+    """Self-contained: ``include_plotlyjs=True`` inlines plotly.js, so the file needs no network."""
     fig.write_html(path, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
     return path
 
 
-def write_plots(study: optuna.Study, objectives: Sequence[Objective], out_dir: Path) -> list[Path]:
+def write_plots(study: optuna.Study, objectives: Sequence[Objective], out_dir: Path, *,
+                data: PlotData | None = None) -> list[Path]:
     """Every plot of the study as ``<name>.png`` and ``<name>.html`` in ``out_dir``; [] before any result."""
-    data = PlotData.from_study(study, objectives)
-    if not data.results or not data.baseline:
+    data = data or PlotData.from_study(study, objectives)
+    if not data.results or not data.baseline or not x_metrics(data):
         return []
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [front_png(data, out_dir / "front.png"), front_html(data, out_dir / "front.html"),
-             hypervolume_png(data, out_dir / "hypervolume.png"), hypervolume_html(data, out_dir / "hypervolume.html")]
+    (out := Path(out_dir)).mkdir(parents=True, exist_ok=True)
+    paths = [front_png(data, out / "front.png"), front_html(data, out / "front.html"),
+             hypervolume_png(data, out / "hypervolume.png"), hypervolume_html(data, out / "hypervolume.html")]
     if data.front:
-        paths += [layers_png(data, out_dir / "layers.png"), layers_html(data, out_dir / "layers.html")]
+        paths += [layers_png(data, out / "layers.png"), layers_html(data, out / "layers.html")]
     return paths

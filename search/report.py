@@ -8,10 +8,11 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 from optuna.trial import TrialState
@@ -31,7 +32,8 @@ CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;m
 color:#222;padding:0 16px}h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ccc;padding-bottom:4px}
 table{border-collapse:collapse;margin:8px 0;font-size:0.92em}th,td{border:1px solid #d0d0d0;padding:4px 9px}
 th{background:#f2f2f2;text-align:center}td{text-align:right;font-variant-numeric:tabular-nums}td.l{text-align:left}
-tr.ref td:first-child::after{content:" ref";color:#2a7d2a;font-size:0.8em}img{max-width:100%;border:1px solid #eee}
+tr.ref td:first-child::after{content:" ref";color:#2a7d2a;font-size:0.8em}figure{margin:12px 0;overflow-x:auto}
+img{border:1px solid #eee;display:block}
 .sensitive{color:#b30000;font-weight:600}.tolerant{color:#1a7f1a}.unknown{color:#888}code,pre{background:#f6f6f6}
 pre{padding:8px 12px;overflow-x:auto}.note{color:#555;font-size:0.92em;max-width:1000px}"""
 
@@ -94,35 +96,44 @@ def sensitivity(results: Sequence[TrialResult], layers: Sequence[str], baseline:
         prune = quant = None
         if any(layer in r.plan.prune for r in results):
             ratios = [r.plan.prune.get(layer, 0.0) for r in results]
-            prune = compare([d for d, x in zip(drops, ratios) if x == 0], [d for d, x in zip(drops, ratios) if x >= prune_at],
+            prune = compare(_where(drops, ratios, lambda x: x == 0), _where(drops, ratios, lambda x: x >= prune_at),
                             corr=_corr(ratios, drops), threshold=threshold, min_trials=min_trials)
         if any(layer in r.plan.quant for r in results):
             kinds = [r.plan.quant.get(layer, "fp32") for r in results]
-            quant = compare([d for d, k in zip(drops, kinds) if k == "fp32"], [d for d, k in zip(drops, kinds) if k == "int8"],
+            quant = compare(_where(drops, kinds, lambda k: k == "fp32"), _where(drops, kinds, lambda k: k == "int8"),
                             threshold=threshold, min_trials=min_trials)
         out.append(LayerSensitivity(layer, prune, quant))
     return out
+
+
+def _where(drops: Sequence[float], keys: Sequence[Any], keep: Callable[[Any], bool]) -> list[float]:
+    return [d for d, k in zip(drops, keys) if keep(k)]
 
 
 def _num(value: float | None, fmt: str = ".2f") -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
+def _kb(value: float | None) -> str:
+    return _num(None if value is None else value / 1e3, ".1f")
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequence[str] = ()) -> str:
-    """An HTML table; cells are already escaped, a cell starting with "<" or a letter is left-aligned."""
-    head = "".join(f"<th>{h}</th>" for h in headers)
+    """An HTML table of escaped cells; text cells (starting with a letter or a tag) align left, numbers right."""
+    head = "".join(f"<th>{h}</th>" for h in headers) if any(headers) else ""
     body = "".join(
         f"<tr class='{classes[i] if i < len(classes) else ''}'>"
         + "".join(f"<td{' class=l' if c[:1].isalpha() or c.startswith('<') else ''}>{c}</td>" for c in row) + "</tr>"
         for i, row in enumerate(rows))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table>{f'<thead><tr>{head}</tr></thead>' if head else ''}<tbody>{body}</tbody></table>"
 
 
 def _metric_cells(m: Mapping[str, float]) -> list[str]:
-    return [_num(m.get("accuracy")), _num(m.get("accuracy_drop", 0.0)), _num(m.get("size_bytes", math.nan) / 1e3, ".1f"),
-            _num(m.get("compressed_bytes", math.nan) / 1e3, ".1f"), _num(m.get("latency_ms"), ".4f"),
+    """Cells in METRIC_HEADERS' order; the baseline has no derived metrics, so those default to "no change"."""
+    return [_num(m.get("accuracy")), _num(m.get("accuracy_drop", 0.0)), _kb(m.get("size_bytes")),
+            _kb(m.get("compressed_bytes")), _num(m.get("latency_ms"), ".4f"),
             _num(m.get("speedup", 1.0)) + "×", _num(m.get("size_ratio", 1.0)) + "×",
-            _num(m.get("params"), ",.0f"), _num(m.get("macs", math.nan) / 1e6, ".2f")]
+            _num(m.get("params"), ",.0f"), _num(m["macs"] / 1e6 if "macs" in m else None)]
 
 
 METRIC_HEADERS = ("accuracy (%)", "drop (points)", "size (KB)", "compressed (KB)", "latency (ms)", "speedup",
@@ -175,31 +186,37 @@ def _image(path: Path, link: str, caption: str) -> str:
 
 
 def plots_section(paths: Sequence[Path], out_dir: Path) -> str:
+    """Each PNG embedded, with a relative link to its interactive HTML twin."""
     captions = {"front": "Every completed trial; the front is non-dominated among feasible trials in all objectives, "
                          "so a member can look dominated in one 2-D view.",
-                "hypervolume": "Hypervolume of the feasible front after each trial, objectives divided by the baseline's.",
-                "layers": "Prune ratio and precision of every layer, one row per front member."}
+                "hypervolume": "Hypervolume of the feasible front after each trial, objectives divided by the "
+                               "baseline's (0 until a feasible trial beats the baseline in every objective).",
+                "layers": "One row per front member, one column per layer in model order: colour is the prune ratio "
+                          "of the channel group the layer roots, text its precision (then that ratio)."}
     parts = []
     for path in (p for p in paths if p.suffix == ".png"):
-        link = html.escape(Path(path.with_suffix(".html")).resolve().relative_to(out_dir.resolve()).as_posix())
+        link = html.escape(Path(os.path.relpath(path.with_suffix(".html"), out_dir)).as_posix())
         parts.append(_image(path, link, captions.get(path.stem, "")))
     return "".join(parts) or "<p>No plots: the study has no completed trial.</p>"
 
 
 def exports_section(data: PlotData, export_hint: Callable[[int], str]) -> str:
+    """The command that packages each front member, as ``export_hint`` spells it."""
     lines = [f"# trial {r.number}: {_num(r.metrics['accuracy'])}% accuracy, "
-             f"{_num(r.metrics.get('size_bytes', math.nan) / 1e3, '.1f')} KB\n{html.escape(export_hint(r.number))}"
+             f"{_kb(r.metrics.get('size_bytes'))} KB\n{html.escape(export_hint(r.number))}"
              for r in sorted(data.front, key=lambda r: r.number)]
     return ("<pre>" + "\n\n".join(lines) + "</pre>" if lines else "<p>No front member to export.</p>") + (
         "<p class=note>Add the same model/data overrides the search used.</p>")
 
 
 def trials_section(data: PlotData) -> str:
+    """Every completed trial, folded away: the front table is what most readers need."""
     rows = [[str(r.number), "yes" if r.number in data.feasible else "no", _num(r.metrics["accuracy"]),
-             _num(r.metrics.get("accuracy_drop")), _num(r.metrics.get("size_bytes", math.nan) / 1e3, ".1f"),
+             _num(r.metrics.get("accuracy_drop")), _kb(r.metrics.get("size_bytes")),
              _num(r.metrics.get("latency_ms"), ".4f"),
              html.escape(plan_label(r.plan)) if r.number in data.references else ""] for r in data.results]
-    table = _table(("trial", "feasible", "accuracy (%)", "drop (points)", "size (KB)", "latency (ms)", "reference"), rows)
+    headers = ("trial", "feasible", "accuracy (%)", "drop (points)", "size (KB)", "latency (ms)", "reference")
+    table = _table(headers, rows)
     return f"<details><summary>all {len(rows)} completed trials</summary>{table}</details>"
 
 
@@ -210,7 +227,7 @@ def summary_section(study: optuna.Study, data: PlotData, objectives: Sequence[Ob
     hv = data.hv_history[-1][1] if data.hv_history else 0.0
     facts = [["completed trials", str(len(data.results))], ["failed trials", str(failed)],
              ["feasible trials", str(len(data.feasible))], ["front members", str(len(data.front))],
-             ["objectives", goals], ["hypervolume", _num(hv, ".4f")]]
+             ["objectives", goals], ["hypervolume (objectives / baseline)", _num(hv, ".4f")]]
     baseline = [["baseline (fp32, unpruned)", *_metric_cells(data.baseline)]]
     return (_table(("", ""), facts) + "<h2>Baseline</h2>" + _table(("model", *METRIC_HEADERS), baseline)
             + f"<p class=note>Accuracy is measured on the exported ONNX file, as every trial's is; "
@@ -224,7 +241,7 @@ def write_report(study: optuna.Study, objectives: Sequence[Objective], out_path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     data = PlotData.from_study(study, objectives)
-    plots = write_plots(study, objectives, plots_dir or out_path.parent / "plots")
+    plots = write_plots(study, objectives, plots_dir or out_path.parent / "plots", data=data)
     title = f"autosqueeze report: study {html.escape(study.study_name)}"
     body = [f"<h1>{title}</h1><p class=note>written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>",
             summary_section(study, data, objectives), "<h2>Pareto front</h2>", front_section(data),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -67,19 +68,30 @@ class Job:
         check_metrics(self.objectives, self.constraints, available)
 
 
-def baseline_model(job: Job) -> nn.Module:
-    if job.checkpoint:
-        return load_checkpoint(job.make_model(), job.checkpoint)
-    return trained_baseline(job.make_model, job.data.train, settings=job.baseline_training,
-                            cache_dir=job.cache_dir, key=job.model_key, seed=job.search.seed)
+def preflight(job: Job) -> tuple[nn.Module, Space]:
+    """Every check that needs the model but no training: checkpoint, layer names, exportability.
 
-
-def prepare(job: Job) -> tuple[nn.Module, Space]:
-    """The baseline and the space: everything that can reject bad input, before any study exists."""
+    The space depends only on the architecture, so it is built from the untrained model.
+    """
+    job.check()
     torch.manual_seed(job.search.seed)
-    model = baseline_model(job)
+    model = job.make_model()
+    if job.checkpoint:
+        load_checkpoint(model, job.checkpoint)
     example = torch.from_numpy(job.data.eval.inputs[:1]).float()
-    return model, Space.build(model, example, prune_spec=job.prune, quant_spec=job.quant)
+    space = Space.build(model, example, prune_spec=job.prune, quant_spec=job.quant)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(model, example, Path(tmp) / "check.onnx")
+    return model.eval(), space
+
+
+def prepare(job: Job, checked: tuple[nn.Module, Space] | None = None) -> tuple[nn.Module, Space]:
+    """The baseline (trained and cached when no checkpoint is given) and the space."""
+    model, space = checked or preflight(job)
+    if not job.checkpoint:
+        model = trained_baseline(job.make_model, job.data.train, settings=job.baseline_training,
+                                 cache_dir=job.cache_dir, key=job.model_key, seed=job.search.seed)
+    return model, space
 
 
 def build_context(job: Job, study: optuna.Study, prepared: tuple[nn.Module, Space] | None = None) -> SearchContext:
@@ -147,11 +159,11 @@ def run_search(job: Job, *, on_stage: Callable[[int, str], None] | None = None,
     plans, MLflow parent run) and then runs ``job.search.workers`` copies of that command,
     which share the study through its storage, and gathers the front when all have ended.
     """
-    job.check()
-    prepared = prepare(job)
-    job.run_dir.mkdir(parents=True, exist_ok=True)
+    checked = preflight(job)
     tracker = Tracker(job.tracking) if job.tracking else None
+    job.run_dir.mkdir(parents=True, exist_ok=True)
     storage = make_storage(job.storage_url, job.heartbeat, on_stale=_mark_killed(tracker))
+    prepared = prepare(job, checked)
     study = open_study(job.search, storage, job.objectives)
     ctx = build_context(job, study, prepared)
     parent = None

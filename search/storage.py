@@ -62,3 +62,12 @@ def make_storage(url: str, heartbeat: HeartbeatSettings = HeartbeatSettings(),
         reason = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
         raise StorageError(f"storage={redact(url)!r} cannot be opened: {reason}. Allowed: sqlite:///FILE, "
                            f"postgresql://USER@HOST/DB, mysql+pymysql://USER@HOST/DB or journal:FILE") from exc
+
+
+def existing_storage(url: str, study_name: str) -> optuna.storages.BaseStorage:
+    """Open a storage that must already hold ``study_name`` (export, report, sync)."""
+    path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+    if path is not None and not path.is_file():
+        raise StorageError(f"search.study_name={study_name!r}: no such study ({path} does not exist); "
+                           f"run `autosqueeze search search.study_name={study_name}` first, or set storage=")
+    return make_storage(url)

@@ -36,3 +36,15 @@ class TinyNet(nn.Module):
 def tiny_net(num_classes: int = 10) -> TinyNet:
     torch.manual_seed(0)
     return TinyNet(num_classes)
+
+
+class SpectralNet(nn.Module):
+    """Uses an FFT, which the ONNX exporter cannot express."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.fft.fft2(self.conv(x)).abs().mean((2, 3)))
