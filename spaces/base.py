@@ -27,7 +27,10 @@ class PlanError(ValueError):
 
 
 def check_ratio(key: str, ratio: float) -> float:
-    ratio = float(ratio)
+    try:
+        ratio = float(ratio)
+    except (TypeError, ValueError):
+        raise PlanError(f"{key}: pruning ratio {ratio!r} is not a number in [0, 1)") from None
     if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
         raise PlanError(f"{key}: pruning ratio {ratio!r} is outside [0, 1)")
     return ratio
@@ -54,6 +57,9 @@ class Plan:
         quant = {k: check_precision(f"quant.{k}", v) for k, v in self.quant.items()}
         object.__setattr__(self, "prune", MappingProxyType(dict(sorted(prune.items()))))
         object.__setattr__(self, "quant", MappingProxyType(dict(sorted(quant.items()))))
+
+    def __hash__(self) -> int:  # the generated hash fails on the mapping proxies
+        return hash((tuple(self.prune.items()), tuple(self.quant.items())))
 
     @property
     def is_identity(self) -> bool:

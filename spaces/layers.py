@@ -67,15 +67,30 @@ def prunable_groups(model: nn.Module, example_input: torch.Tensor, *,
     return groups
 
 
-def _dotted_from_scope(node_name: str) -> str:
-    """Legacy exporter node names look like ``/layer1/layer1.0/conv1/Conv``.
+def _unqualified(dotted: str) -> str:
+    """The exporter's scope for a module: its dotted name from the last non-numeric atom on
+    (torch's ``_unqualified_variable_name``): ``layer1.0.downsample.0`` → ``downsample.0``."""
+    atoms = dotted.split(".")
+    for i in range(len(atoms) - 1, -1, -1):
+        if not atoms[i].isnumeric():
+            return ".".join(atoms[i:])
+    return dotted
 
-    Each scope is either the full dotted name or the attribute name relative to its
-    parent, so the dotted module name is rebuilt level by level.
+
+def _dotted_from_scope(node_name: str) -> str:
+    """Legacy exporter node names look like ``/layer1/layer1.0/downsample/downsample.0/Conv``.
+
+    Each scope is the module's :func:`_unqualified` name: a container's child repeats its
+    parent's scope plus the index, any other child is its attribute name, so the dotted
+    module name is rebuilt level by level.
     """
     dotted = ""
     for scope in node_name.strip("/").split("/")[:-1]:
-        dotted = scope if (not dotted or scope.startswith(dotted + ".")) else f"{dotted}.{scope}"
+        parent = _unqualified(dotted) if dotted else ""
+        if parent and scope.startswith(parent + "."):
+            dotted += scope[len(parent):]
+        else:
+            dotted = f"{dotted}.{scope}" if dotted else scope
     return dotted
 
 

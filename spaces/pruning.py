@@ -54,7 +54,8 @@ class PruneRatio:
     def allows(self, ratio: float) -> bool:
         if self.choices is not None:
             return ratio in self.choices
-        return self.low <= ratio <= self.high
+        steps = (ratio - self.low) / self.step  # only values on the grid Optuna samples from
+        return self.low <= ratio <= self.high and abs(steps - round(steps)) < 1e-8
 
 
 def prune(model: nn.Module, ratios: Mapping[str, float], example_input: torch.Tensor, *,
@@ -74,6 +75,14 @@ def prune(model: nn.Module, ratios: Mapping[str, float], example_input: torch.Te
     missing = [n for n in active if n not in modules]
     if missing:
         raise PlanError(f"prune: no layer named {missing} in the model")
+    # torch-pruning skips a group it would empty, so a ratio leaving less than one channel (one
+    # multiple of round_to) pruned nothing at all: cap it to keep that minimum instead.
+    keep = (round_to or 1) + 0.5
+    widths = {n: getattr(modules[n], "out_channels", getattr(modules[n], "out_features", None)) for n in active}
+    active = {n: r if not widths[n] else min(r, 1.0 - keep / widths[n]) for n, r in active.items()}
+    active = {n: r for n, r in active.items() if r > 0}
+    if not active:
+        return pruned
     pruner = tp.pruner.MetaPruner(
         pruned, example_input,
         importance=IMPORTANCES[importance](),

@@ -67,6 +67,8 @@ class QuantSettings:
                                     ("calibration", self.calibration, CALIBRATION)):
             if value not in allowed:
                 raise PlanError(f"space.quant.{key}={value!r} is unknown; allowed: {', '.join(allowed)}")
+        if not isinstance(self.calib_batch_size, int) or self.calib_batch_size < 1:
+            raise PlanError(f"space.quant.calib_batch_size={self.calib_batch_size!r} must be an integer >= 1")
 
 
 def quantize(fp32_path: Path, out_path: Path, precisions: Mapping[str, str], calib: np.ndarray,
@@ -111,6 +113,8 @@ def quantize(fp32_path: Path, out_path: Path, precisions: Mapping[str, str], cal
             nodes_to_exclude=keep_fp32,
             extra_options={"TensorQuantOverrides": overrides} if overrides else {},
         )
+    if source is not fp32_path:  # the opset-converted copy is an intermediate, not an artifact
+        Path(source).unlink(missing_ok=True)
     if half:
         quantized = onnx.load(str(out_path))
         _store_half(quantized, [node.input[1] for node in half])

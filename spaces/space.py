@@ -9,7 +9,7 @@ from torch import nn
 
 from spaces.base import Plan, PlanError
 from spaces.layers import check_names, head_name, layer_names, prunable_groups, resolve_members
-from spaces.pruning import PruneRatio, prune
+from spaces.pruning import IMPORTANCES, PruneRatio, prune
 from spaces.quantization import Precision, QuantSettings
 
 if TYPE_CHECKING:
@@ -27,6 +27,11 @@ class PruneSpec:
     exclude: tuple[str, ...] = ()
     round_to: int | None = 4
     importance: str = "l2"
+
+    def __post_init__(self) -> None:  # fail at config load, not in every trial
+        if self.importance not in IMPORTANCES:
+            raise PlanError(f"space.prune.importance={self.importance!r} is unknown; "
+                            f"allowed: {', '.join(IMPORTANCES)}")
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,8 @@ class Space:
         knobs = {k.name: k for k in self.knobs}
         for name, value in plan.params().items():
             if name not in knobs:
-                raise PlanError(f"{name}: not a knob of this space; knobs are: {', '.join(list(knobs)[:12])}, ...")
+                shown = ", ".join(list(knobs)[:12]) + (", ..." if len(knobs) > 12 else "")
+                raise PlanError(f"{name}: not a knob of this space; knobs are: {shown}")
             if not knobs[name].allows(value):
                 raise PlanError(f"{name}={value!r} is outside the space")
 

@@ -1,0 +1,251 @@
+"""quantize(): per-layer precisions on the exported tiny CNN, run by ONNX Runtime on real data."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import optuna
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+from search.finetune import FinetuneSettings, finetune
+from search.onnx_export import export_onnx
+from spaces.base import PRECISIONS, PlanError
+from spaces.layers import layer_names
+from spaces.quantization import ACTIVATION_TYPES, CALIBRATION, Precision, QuantSettings, quantize
+from tinynet import tiny_net
+
+LAYERS = ["stem.0", "layer1.conv1", "layer1.conv2", "down.0", "layer2.conv1", "layer2.conv2", "fc"]
+NODE_OF = {"stem.0": "/stem/stem.0/Conv", "layer1.conv1": "/layer1/conv1/Conv", "layer1.conv2": "/layer1/conv2/Conv",
+           "down.0": "/down/down.0/Conv", "layer2.conv1": "/layer2/conv1/Conv",
+           "layer2.conv2": "/layer2/conv2/Conv", "fc": "/fc/Gemm"}
+
+
+@pytest.fixture(scope="module")
+def fp32_path(small_splits, tmp_path_factory) -> Path:
+    """tiny_net after 100 training steps, so int8 agreement is measured on a real classifier."""
+    model = tiny_net()
+    finetune(model, small_splits.train, FinetuneSettings(steps=100, batch_size=64, lr=3e-3, log_every=50))
+    assert layer_names(model) == LAYERS
+    return export_onnx(model, torch.zeros(1, 1, 28, 28), tmp_path_factory.mktemp("quant") / "fp32.onnx")
+
+
+@pytest.fixture(scope="module")
+def reference(fp32_path, small_splits) -> np.ndarray:
+    return run(fp32_path, small_splits.eval.inputs)
+
+
+def run(path: Path, inputs: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: inputs.astype(np.float32)})[0]
+
+
+def quant(fp32_path: Path, tmp_path: Path, precisions: dict[str, str], calib: np.ndarray,
+          **settings) -> onnx.ModelProto:
+    out = quantize(fp32_path, tmp_path / "model.onnx", precisions, calib, settings=QuantSettings(**settings))
+    assert out == tmp_path / "model.onnx"
+    return onnx.load(str(out))
+
+
+class Graph:
+    """Where each layer's weight comes from in a (possibly quantized) graph."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.inits = {init.name: init for init in model.graph.initializer}
+        self.producer = {out: node for node in model.graph.node for out in node.output}
+        self.nodes = {node.name: node for node in model.graph.node}
+
+    def layer(self, name: str) -> onnx.NodeProto:
+        return self.nodes[NODE_OF[name]]
+
+    def weight_source(self, name: str) -> tuple[str, onnx.TensorProto | None, onnx.NodeProto | None]:
+        """``(op producing the weight or 'initializer', the stored initializer, the producer)``."""
+        weight = self.layer(name).input[1]
+        if weight in self.inits:
+            return "initializer", self.inits[weight], None
+        node = self.producer[weight]
+        return node.op_type, self.inits.get(node.input[0]), node
+
+    def ops(self) -> Counter:
+        return Counter(node.op_type for node in self.model.graph.node)
+
+
+def dtype(init: onnx.TensorProto) -> str:
+    return TensorProto.DataType.Name(init.data_type)
+
+
+# --- the Precision knob and settings ---------------------------------------------------------
+
+
+def test_precision_knob_suggests_from_its_choices():
+    knob = Precision("quant.fc", ("fp32", "int8", "int4"))
+    assert knob.suggest(optuna.trial.FixedTrial({"quant.fc": "int4"})) == "int4"
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    assert knob.suggest(trial) in ("fp32", "int8", "int4")
+    assert knob.allows("int8") and not knob.allows("fp16")
+    assert Precision("quant.fc").choices == ("fp32", "int8")
+
+
+def test_precision_knob_validates_choices():
+    with pytest.raises(PlanError) as info:
+        Precision("quant.fc", ())
+    assert all(p in str(info.value) for p in PRECISIONS)
+    with pytest.raises(PlanError, match="quant.fc.*int2"):
+        Precision("quant.fc", ("int8", "int2"))
+
+
+@pytest.mark.parametrize("field, value", [("activation_type", "uint4"), ("calibration", "histogram")])
+def test_unknown_settings_are_plan_errors(field, value):
+    allowed = {"activation_type": ACTIVATION_TYPES, "calibration": CALIBRATION}[field]
+    with pytest.raises(PlanError) as info:
+        QuantSettings(**{field: value})
+    message = str(info.value)
+    assert f"space.quant.{field}" in message and repr(value) in message
+    assert all(name in message for name in allowed)
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5])
+def test_calibration_batch_size_must_be_a_positive_int(size):
+    with pytest.raises(PlanError, match="calib_batch_size"):
+        QuantSettings(calib_batch_size=size)
+
+
+# --- quantize() ------------------------------------------------------------------------------
+
+
+def test_all_int8_dequantizes_every_weight_from_int8(fp32_path, small_splits, tmp_path):
+    graph = Graph(quant(fp32_path, tmp_path, {n: "int8" for n in LAYERS}, small_splits.calib))
+    for name in LAYERS:
+        op, stored, node = graph.weight_source(name)
+        assert op == "DequantizeLinear", name
+        assert dtype(stored) == "INT8", name
+        zero_point = graph.inits[node.input[2]]
+        assert dtype(zero_point) == "INT8"
+        assert not numpy_helper.to_array(zero_point).any()  # symmetric weights
+        scale = numpy_helper.to_array(graph.inits[node.input[1]])
+        assert scale.shape == (numpy_helper.to_array(stored).shape[0],)  # per channel by default
+    # activations are quantized too, as uint8
+    quantize_nodes = [n for n in graph.model.graph.node if n.op_type == "QuantizeLinear"]
+    assert quantize_nodes
+    assert {dtype(graph.inits[n.input[2]]) for n in quantize_nodes} == {"UINT8"}
+    # no float copy of any layer weight is left in the file
+    floats = {name for name, init in graph.inits.items() if dtype(init) == "FLOAT" and init.dims and len(init.dims) > 1}
+    assert not floats
+
+
+def test_int8_outputs_agree_with_fp32_on_real_data(fp32_path, reference, small_splits, tmp_path):
+    quant(fp32_path, tmp_path, {n: "int8" for n in LAYERS}, small_splits.calib)
+    logits = run(tmp_path / "model.onnx", small_splits.eval.inputs)
+    labels = small_splits.eval.labels
+    assert logits.shape == reference.shape == (len(labels), 10)
+    agreement = (logits.argmax(1) == reference.argmax(1)).mean()
+    assert agreement > 0.9
+    assert (reference.argmax(1) == labels).mean() > 0.5  # the reference really learned something
+    assert abs((logits.argmax(1) == labels).mean() - (reference.argmax(1) == labels).mean()) < 0.05
+    assert np.abs(logits - reference).max() < 0.25 * np.abs(reference).max()
+    assert not np.array_equal(logits, reference)  # it is not the fp32 model
+
+
+def test_fp32_layers_keep_float_weights_without_dequantize(fp32_path, small_splits, tmp_path):
+    kept = {"stem.0", "layer2.conv1", "fc"}
+    precisions = {n: ("fp32" if n in kept else "int8") for n in LAYERS}
+    graph = Graph(quant(fp32_path, tmp_path, precisions, small_splits.calib))
+    original = Graph(onnx.load(str(fp32_path)))
+    for name in LAYERS:
+        op, stored, _ = graph.weight_source(name)
+        if name in kept:
+            assert op == "initializer" and dtype(stored) == "FLOAT", name
+            np.testing.assert_array_equal(numpy_helper.to_array(stored),
+                                          numpy_helper.to_array(original.weight_source(name)[1]))
+        else:
+            assert op == "DequantizeLinear" and dtype(stored) == "INT8", name
+    assert run(tmp_path / "model.onnx", small_splits.calib).shape == (len(small_splits.calib), 10)
+
+
+def test_layers_missing_from_the_plan_stay_fp32(fp32_path, small_splits, tmp_path):
+    graph = Graph(quant(fp32_path, tmp_path, {"layer1.conv1": "int8"}, small_splits.calib))
+    assert graph.weight_source("layer1.conv1")[0] == "DequantizeLinear"
+    for name in set(LAYERS) - {"layer1.conv1"}:
+        assert graph.weight_source(name)[0] == "initializer", name
+
+
+@pytest.mark.parametrize("precision, element", [("int4", TensorProto.INT4), ("int16", TensorProto.INT16)])
+def test_sub_and_wide_integer_weights_have_their_element_type(fp32_path, reference, small_splits, tmp_path,
+                                                                precision, element):
+    precisions = {n: "int8" for n in LAYERS}
+    precisions.update({"layer1.conv1": precision, "fc": precision, "down.0": "fp32"})
+    graph = Graph(quant(fp32_path, tmp_path, precisions, small_splits.calib))
+    for name in ("layer1.conv1", "fc"):
+        op, stored, node = graph.weight_source(name)
+        assert op == "DequantizeLinear", name
+        assert stored.data_type == element, name
+        assert graph.inits[node.input[2]].data_type == element
+    assert dtype(graph.weight_source("layer2.conv1")[1]) == "INT8"
+    assert graph.weight_source("down.0")[0] == "initializer"
+    onnx.checker.check_model(graph.model, full_check=True)  # valid ONNX, not only runnable by ORT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no intermediate copy left behind
+    logits = run(tmp_path / "model.onnx", small_splits.eval.inputs)
+    assert (logits.argmax(1) == reference.argmax(1)).mean() > 0.8
+
+
+def test_fp16_layers_store_half_weights_and_stay_close(fp32_path, reference, small_splits, tmp_path):
+    halves = {"stem.0", "layer2.conv2", "fc"}
+    precisions = {n: ("fp16" if n in halves else "fp32") for n in LAYERS}
+    graph = Graph(quant(fp32_path, tmp_path, precisions, small_splits.calib))
+    original = Graph(onnx.load(str(fp32_path)))
+    for name in LAYERS:
+        op, stored, _ = graph.weight_source(name)
+        if name in halves:
+            assert op == "Cast", name
+            assert dtype(stored) == "FLOAT16", name
+            np.testing.assert_allclose(numpy_helper.to_array(stored).astype(np.float32),
+                                       numpy_helper.to_array(original.weight_source(name)[1]), rtol=1e-3, atol=1e-4)
+        else:
+            assert op == "initializer" and dtype(stored) == "FLOAT", name
+    assert graph.ops()["Cast"] == len(halves)
+    assert "QuantizeLinear" not in graph.ops()
+    onnx.checker.check_model(graph.model, full_check=True)
+    logits = run(tmp_path / "model.onnx", small_splits.eval.inputs)
+    np.testing.assert_allclose(logits, reference, atol=2e-2, rtol=1e-2)
+    assert (tmp_path / "model.onnx").stat().st_size < fp32_path.stat().st_size
+
+
+def test_fp16_mixed_with_int8(fp32_path, reference, small_splits, tmp_path):
+    precisions = {n: "int8" for n in LAYERS}
+    precisions.update({"layer2.conv2": "fp16", "stem.0": "fp32"})
+    graph = Graph(quant(fp32_path, tmp_path, precisions, small_splits.calib))
+    op, stored, _ = graph.weight_source("layer2.conv2")
+    assert op == "Cast" and dtype(stored) == "FLOAT16"
+    assert graph.weight_source("stem.0")[0] == "initializer"
+    assert graph.weight_source("layer2.conv1")[0] == "DequantizeLinear"
+    logits = run(tmp_path / "model.onnx", small_splits.eval.inputs)
+    assert (logits.argmax(1) == reference.argmax(1)).mean() > 0.9
+
+
+def test_all_fp32_plan_leaves_the_graph_as_it_was(fp32_path, reference, small_splits, tmp_path):
+    model = quant(fp32_path, tmp_path, {n: "fp32" for n in LAYERS}, small_splits.calib)
+    original = onnx.load(str(fp32_path))
+    assert Graph(model).ops() == Graph(original).ops()
+    assert [n.name for n in model.graph.node] == [n.name for n in original.graph.node]
+    assert sorted(i.name for i in model.graph.initializer) == sorted(i.name for i in original.graph.initializer)
+    np.testing.assert_array_equal(run(tmp_path / "model.onnx", small_splits.eval.inputs), reference)
+
+
+def test_per_tensor_and_int8_activation_settings(fp32_path, small_splits, tmp_path):
+    graph = Graph(quant(fp32_path, tmp_path, {n: "int8" for n in LAYERS}, small_splits.calib,
+                        per_channel=False, activation_type="int8", calib_batch_size=16))
+    _, _, node = graph.weight_source("layer1.conv1")
+    assert numpy_helper.to_array(graph.inits[node.input[1]]).shape == ()  # one scale for the tensor
+    zero_points = {dtype(graph.inits[n.input[2]]) for n in graph.model.graph.node if n.op_type == "QuantizeLinear"}
+    assert zero_points == {"INT8"}
+
+
+def test_unknown_layer_in_precisions_is_a_plan_error(fp32_path, small_splits, tmp_path):
+    with pytest.raises(PlanError, match="layer3.conv1"):
+        quantize(fp32_path, tmp_path / "model.onnx", {"layer3.conv1": "int8"}, small_splits.calib)
+    assert not (tmp_path / "model.onnx").exists()
