@@ -210,3 +210,14 @@ def test_write_empty_front(tmp_path):
         assert list(reader) == []
         assert reader.fieldnames == list(COLUMNS)
     assert json.loads(json_path.read_text())["front"] == []
+
+
+@pytest.mark.xfail(strict=True, raises=KeyError,
+                   reason="bug in search/pareto.py: table() indexes compressed_bytes and latency_ms directly, so a "
+                          "study configured without the Size or Latency evaluator crashes when printing its front")
+def test_table_without_latency_or_compressed_size():
+    baseline = {"accuracy": 90.0, "size_bytes": 1000.0}
+    only = TrialResult(number=1, plan=Plan(), metrics={"accuracy": 88.0, "size_bytes": 500.0}, timings={},
+                       model_path="m.onnx", sha256="0" * 64)
+    lines = table([only], baseline).splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["baseline", "1"]
