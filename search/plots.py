@@ -121,8 +121,8 @@ def _front_2d(members: Sequence[TrialResult], metric: str) -> list[TrialResult]:
     return sorted(pareto.front(list(members), view), key=lambda r: r.metrics[metric])
 
 
-def _front_axes(ax: Axes, data: PlotData, metric: str) -> None:
-    """One panel of the front PNG: accuracy against ``metric``."""
+def _front_axes(ax: Axes, data: PlotData, metric: str, named: bool) -> None:
+    """One panel of the front PNG: accuracy against ``metric``; ``named`` spells out the reference plans."""
     (label, scale), groups = _axis(metric), _groups(data)
     ax.scatter(*_xy(groups["feasible"], metric), s=30, c="tab:blue", alpha=0.35, label="feasible trial")
     ax.scatter(*_xy(groups["infeasible"], metric), s=40, marker="x", c="tab:red", alpha=0.7,
@@ -135,7 +135,7 @@ def _front_axes(ax: Axes, data: PlotData, metric: str) -> None:
                label="reference plan")
     for r in {r.number: r for r in (*groups["front"], *groups["reference"])}.values():
         ref = r.number in data.references
-        ax.annotate(f"#{r.number}" + (f" {plan_label(r.plan)}" if ref else ""), (r.metrics[metric] * scale,
+        ax.annotate(f"#{r.number}" + (f" {plan_label(r.plan)}" if ref and named else ""), (r.metrics[metric] * scale,
                     r.metrics[Y_METRIC]), xytext=(7, -14 if ref else 6), textcoords="offset points", fontsize=8,
                     color="darkgreen" if ref else "black", weight="bold")
     bx, by = data.baseline[metric] * scale, data.baseline[Y_METRIC]
@@ -152,7 +152,7 @@ def front_png(data: PlotData, path: Path) -> Path:
     fig = Figure(figsize=(6.2 * len(metrics), 5.0), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics):
-        _front_axes(ax, data, metric)
+        _front_axes(ax, data, metric, named=ax is axes[0])
     axes[0].legend(loc="lower right", fontsize=8, framealpha=0.85)
     fig.suptitle(f"Pareto front: {len(data.front)} of {len(data.results)} completed trials "
                  f"({len(data.feasible)} feasible)", fontsize=12)
@@ -259,8 +259,8 @@ def layers_png(data: PlotData, path: Path) -> Path:
                 weight="normal" if texts[i][j].startswith("fp32") else "bold")
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=8)
-    ax.set_title(f"Per-layer choices of the {len(rows)} Pareto-front members\ncolour: prune ratio of the channel "
-                 "group the layer roots (grey: not a group root); text: precision, then ratio", fontsize=10)
+    ax.set_title(f"Per-layer choices of the {len(rows)} Pareto-front members\ncolour: prune ratio of the channel group"
+                 " the layer roots (grey: none)\ntext: precision, then that ratio", fontsize=10)
     fig.savefig(path, dpi=DPI)
     return path
 
