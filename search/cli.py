@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from functools import partial
@@ -11,6 +12,7 @@ from typing import Any, Callable
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
+import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
 from omegaconf.errors import OmegaConfBaseException
@@ -37,6 +39,7 @@ commands:
 Overrides use Hydra syntax, e.g.  autosqueeze search search.n_trials=40 space.prune.ratios=[0,0.25,0.5]
 Show the composed config with:      autosqueeze search --cfg"""
 EXIT_USAGE = 2
+LOCAL_WORKER_ENV = "AUTOSQUEEZE_LOCAL_WORKER"
 log = logging.getLogger("autosqueeze")
 
 
@@ -149,8 +152,9 @@ def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
     job = build_job(cfg)
     # Local workers are plain `autosqueeze search` runs on the same study, as on other machines.
     worker = [sys.executable, "-m", "search.cli", "search", *overrides, "search.workers=1"]
-    outcome = run_search(job, on_stage=lambda n, stage: log.info("trial %d: %s", n, stage),
-                         worker_command=worker if job.search.workers > 1 else None)
+    outcome = run_search(job, worker_command=worker if job.search.workers > 1 else None)
+    if os.environ.get(LOCAL_WORKER_ENV):
+        return 1 if outcome.stopped_early else 0  # the process that started the workers prints the front
     print(f"\nPareto front of study {job.search.study_name!r} ({len(outcome.study.trials)} trials, "
           f"hypervolume {outcome.hypervolume:.4f}):")
     print(pareto.table(outcome.front, outcome.baseline))
@@ -207,6 +211,7 @@ COMMANDS: dict[str, Callable[[DictConfig, list[str]], int]] = {
 def configure_logging(cfg: DictConfig) -> None:
     level = logging.WARNING if cfg.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own one-line progress replaces its dumps
     for noisy in ("alembic", "mlflow", "root", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "root" else logging.ERROR)
     warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeat: stable in practice

@@ -280,8 +280,8 @@ def layers_html(data: PlotData, path: Path) -> Path:
 
 
 def _write_html(fig: go.Figure, path: Path) -> Path:
-    """Self-contained: ``include_plotlyjs=True`` inlines plotly.js, so the file needs no network."""
-    fig.write_html(path, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+    """Works offline: plotly.js is written once beside the plots (``plotly.min.js``), not per file."""
+    fig.write_html(path, include_plotlyjs="directory", full_html=True, config={"displaylogo": False})
     return path
 
 
@@ -296,4 +296,4 @@ def write_plots(study: optuna.Study, objectives: Sequence[Objective], out_dir: P
              hypervolume_png(data, out / "hypervolume.png"), hypervolume_html(data, out / "hypervolume.html")]
     if data.front:
         paths += [layers_png(data, out / "layers.png"), layers_html(data, out / "layers.html")]
-    return paths
+    return [*paths, out / "plotly.min.js"]

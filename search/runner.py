@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import tempfile
@@ -17,6 +18,8 @@ from search import pareto
 from search.baseline import load_checkpoint, trained_baseline
 from search.finetune import FinetuneSettings
 from search.onnx_export import export_onnx
+from search.plots import write_plots
+from search.progress import Progress
 from search.secrets import redact
 from search.storage import HeartbeatSettings, make_storage, storage_url
 from search.study import (BudgetCallback, FailureLimit, SearchSettings, completed, enqueue_references,
@@ -126,18 +129,21 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-class FrontTags:
-    """After each trial, moves MLflow's ``pareto`` tag to the current front members."""
+class FrontWatch:
+    """After each trial: recompute the front, move MLflow's ``pareto`` tag, report progress."""
 
-    def __init__(self, tracker: Tracker, objectives: Sequence[Objective]) -> None:
-        self.tracker, self.objectives = tracker, objectives
+    def __init__(self, objectives: Sequence[Objective], tracker: Tracker | None, progress: Progress) -> None:
+        self.objectives, self.tracker, self.progress = objectives, tracker, progress
         self.members: set[str] = set()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        front = pareto.front(feasible_results(study), self.objectives)
+        self.progress.trial_done(study, trial, len(front))
+        if self.tracker is None:
+            return
         run_ids = {t.number: t.user_attrs.get("mlflow_run_id") for t in study.get_trials(deepcopy=False)}
-        current = {run_ids[r.number] for r in pareto.front(feasible_results(study), self.objectives)} - {None}
-        changed = {rid: rid in current for rid in current ^ self.members}
-        self.tracker.mark_front(changed)
+        current = {run_ids[r.number] for r in front} - {None}
+        self.tracker.mark_front({rid: rid in current for rid in current ^ self.members})
         self.members = current
 
 
@@ -151,8 +157,7 @@ class SearchOutcome:
     stopped_early: bool
 
 
-def run_search(job: Job, *, on_stage: Callable[[int, str], None] | None = None,
-               worker_command: Sequence[str] | None = None) -> SearchOutcome:
+def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> SearchOutcome:
     """Run trials until the study holds ``job.search.n_trials`` completed ones (or time runs out).
 
     With ``worker_command`` this process only prepares the study (baseline, reference
@@ -176,7 +181,8 @@ def run_search(job: Job, *, on_stage: Callable[[int, str], None] | None = None,
     enqueue_references(study, ctx, job.search.reference_ratio)
     limit = FailureLimit(job.search.max_failures)
     budget = job.search.n_trials
-    callbacks: list = [limit, BudgetCallback(budget)] + ([FrontTags(tracker, job.objectives)] if tracker else [])
+    progress = Progress(budget, job.search.timeout)
+    callbacks = [limit, BudgetCallback(budget), FrontWatch(job.objectives, tracker, progress)]
     done = completed(study)
     log.info("study %r: %d trials completed, budget %s", job.search.study_name, done, budget)
     status = "FINISHED"
@@ -186,7 +192,7 @@ def run_search(job: Job, *, on_stage: Callable[[int, str], None] | None = None,
         elif budget is None or done < budget:
             study.optimize(objective_fn(ctx, job.objectives, job.constraints, tracker=tracker, parent_run=parent,
                                         trial_params=job.settings_params, budget=budget,
-                                        trial_timeout=job.search.trial_timeout, on_stage=on_stage),
+                                        trial_timeout=job.search.trial_timeout, on_stage=progress.stage),
                            timeout=job.search.timeout, catch=(Exception,), callbacks=callbacks)
     except KeyboardInterrupt:
         status = "KILLED"
@@ -203,7 +209,8 @@ def run_search(job: Job, *, on_stage: Callable[[int, str], None] | None = None,
 def run_workers(command: Sequence[str], count: int) -> None:
     """Start ``count`` worker processes and wait for all; Ctrl-C is passed on to each."""
     log.info("starting %d workers: %s", count, redact(" ".join(command)))
-    workers = [subprocess.Popen(list(command)) for _ in range(count)]
+    env = {**os.environ, "AUTOSQUEEZE_LOCAL_WORKER": "1"}
+    workers = [subprocess.Popen(list(command), env=env) for _ in range(count)]
     try:
         codes = [w.wait() for w in workers]
     except KeyboardInterrupt:
@@ -223,6 +230,7 @@ def finish(job: Job, study: optuna.Study, baseline: dict, tracker: Tracker | Non
     members = pareto.front(feasible_results(study), job.objectives)
     hv = pareto.hypervolume(members, job.objectives, baseline)
     files = pareto.write_front(members, out_dir=job.run_dir, baseline=baseline, hv=hv, objectives=job.objectives)
+    files = (*files, *write_plots(study, job.objectives, job.run_dir / "plots"))
     if tracker and parent:
         tracker.log_front(parent, {"hypervolume": hv, "front_size": len(members),
                                    "n_trials": len(study.trials)})

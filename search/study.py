@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("nsga2", "tpe", "random")
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial, for logs and fault tests
 
 
 class StudyMismatchError(ValueError):
@@ -126,6 +129,7 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
 
     def objective(trial: optuna.Trial) -> list[float]:
         claim_slot(trial, budget)
+        trial.set_user_attr("worker", WORKER)
         plan = ctx.space.suggest(trial)
         run_id = tracker.trial_run(parent_run, trial.number, {**plan.params(), **trial_params}) if tracker else None
         if run_id:

@@ -32,6 +32,7 @@ class PruneSpec:
         if self.importance not in IMPORTANCES:
             raise PlanError(f"space.prune.importance={self.importance!r} is unknown; "
                             f"allowed: {', '.join(IMPORTANCES)}")
+        PruneRatio("space.prune.ratios", self.ratios, self.low, self.high, self.step)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class QuantSpec:
     precisions: tuple[str, ...] = ("fp32", "int8", "int16", "int4")
     exclude: tuple[str, ...] = ()
     settings: QuantSettings = field(default_factory=QuantSettings)
+
+    def __post_init__(self) -> None:
+        Precision("space.quant.precisions", self.precisions)
 
 
 @dataclass(frozen=True)
