@@ -107,4 +107,4 @@ def test_a_study_without_feasible_trials_still_gets_a_report(tmp_path):
     text = write_report(study, OBJECTIVES, tmp_path / "report.html", export_hint=str).read_text(encoding="utf-8")
     assert "No feasible trial yet" in text and "No front member to export" in text
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["front.html", "front.png", "hypervolume.html",
-                                                                      "hypervolume.png"]
+                                                                      "hypervolume.png", "plotly.min.js"]
