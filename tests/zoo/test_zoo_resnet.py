@@ -1,0 +1,83 @@
+"""resnet_small: size, shape, residual coupling as torch-pruning sees it, and a short training run."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from zoo.data import DataSplits
+from zoo.models import resnet_small
+from zoo.train import accuracy, train_classifier
+
+
+def out_pruned_convs(model: nn.Module) -> list[set[str]]:
+    """For every dependency group, the convs whose *output* channels it prunes together."""
+    names = {module: name for name, module in model.named_modules()}
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 1, 28, 28))
+    groups = []
+    for group in graph.get_all_groups(ignored_layers=[model.fc], root_module_types=[nn.Conv2d]):
+        groups.append({names[dep.target.module] for dep, _ in group
+                       if isinstance(dep.target.module, nn.Conv2d) and graph.is_out_channel_pruning_fn(dep.handler)})
+    return groups
+
+
+def test_size_and_forward() -> None:
+    model = resnet_small()
+    params = sum(p.numel() for p in model.parameters())
+    assert 200_000 <= params <= 400_000
+    macs, _ = tp.utils.count_ops_and_params(model, torch.randn(1, 1, 28, 28))
+    assert macs < 8e6
+    assert model.eval()(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    rgb = resnet_small(num_classes=5, in_channels=3, widths=(8, 16), blocks=(1, 1))
+    assert rgb.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    assert isinstance(model.fc, nn.Linear)
+    with pytest.raises(ValueError, match="blocks"):
+        resnet_small(widths=(8, 16), blocks=(1,))
+
+
+def test_residual_adds_couple_convs() -> None:
+    groups = out_pruned_convs(resnet_small())
+    assert any(len(g) > 1 for g in groups)
+    # The stem and both identity blocks of layer1 add into one tensor: one group.
+    assert {"conv1", "layer1.0.conv2", "layer1.1.conv2"} in groups
+    assert {"layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv2"} in groups
+
+
+def test_pruning_keeps_a_working_model() -> None:
+    model = resnet_small().eval()
+    example = torch.randn(1, 1, 28, 28)
+    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
+                                  pruning_ratio=0.5, ignored_layers=[model.fc])
+    pruner.step()
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert sum(p.numel() for p in model.parameters()) < 0.4 * 331_770
+
+
+def test_short_training_lowers_the_loss(fashion_root: str) -> None:
+    from zoo.data import idx_splits
+
+    torch.set_num_threads(2)
+    splits: DataSplits = idx_splits(root=fashion_root, train_limit=2000, eval_limit=500, calib_size=8)
+    model = resnet_small()
+    before = accuracy(model, splits.eval.inputs, splits.eval.labels)
+    losses: list[float] = []
+    train_classifier(model, splits.train, epochs=50 / 32, batch_size=64, lr=4e-3, seed=0,
+                     log=lambda step, loss, acc: losses.append(loss), log_every=10)
+    assert len(losses) == 5
+    assert losses[-1] < 0.7 * losses[0]
+    assert not model.training
+    after = accuracy(model, splits.eval.inputs, splits.eval.labels)
+    assert after > max(0.5, before + 0.2)
+
+
+def test_training_is_seeded() -> None:
+    data = torch.utils.data.TensorDataset(torch.randn(96, 1, 28, 28), torch.arange(96) % 10)
+    first, second = resnet_small(), resnet_small()
+    second.load_state_dict(first.state_dict())
+    for model in (first, second):
+        train_classifier(model, data, epochs=1, batch_size=32, lr=1e-3, optimizer="sgd", weight_decay=1e-4, seed=3)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="optimizer"):
+        train_classifier(first, data, epochs=1, batch_size=8, lr=1e-3, optimizer="lbfgs")
