@@ -5,8 +5,7 @@ import hashlib
 import json
 import logging
 import os
-import pickle
-import zipfile
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -29,9 +28,9 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         raise CheckpointError(f"model.checkpoint={str(path)!r}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+    except Exception as exc:  # torch.load raises a different type for each way a file can be bad
         raise CheckpointError(f"model.checkpoint={str(path)!r} is not a readable torch checkpoint "
-                              f"(a state_dict saved with torch.save): {str(exc).splitlines()[0]}") from exc
+                              f"(a state_dict saved with torch.save): {_load_failure(exc)}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -39,6 +38,9 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
+    not_tensors = sorted(k for k in set(expected) & set(state) if not isinstance(state[k], torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"model.checkpoint={str(path)!r}: {not_tensors[:5]} hold no tensors")
     wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
     if missing or unexpected or wrong:
         raise CheckpointError(
@@ -46,6 +48,16 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}, wrong shapes {wrong[:5]}")
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch's reason in one line: for a refused object, which class it was; no terminal colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return f"it holds a {refused.group(1)} object, and only tensors are loaded (weights_only=True)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return f"{type(exc).__name__}: {first}"
 
 
 def cache_key(*parts: Any) -> str:

@@ -56,8 +56,11 @@ def finetune(model: nn.Module, train: Dataset, settings: FinetuneSettings, *, se
     if settings.steps == 0:
         return []
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train, batch_size=settings.batch_size, shuffle=True, drop_last=True,
-                        generator=generator)
+    # Full batches only (a last tiny batch makes BatchNorm noisy), unless the data is smaller than one.
+    loader = DataLoader(train, batch_size=settings.batch_size, shuffle=True,
+                        drop_last=len(train) >= settings.batch_size, generator=generator)  # type: ignore[arg-type]
+    if len(train) == 0:  # type: ignore[arg-type]
+        raise ValueError("fine-tune: the training split is empty; give at least one batch of samples")
     optimizer = _optimizer(model, settings)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.steps)
     loss_fn = nn.CrossEntropyLoss()
@@ -74,7 +77,10 @@ def finetune(model: nn.Module, train: Dataset, settings: FinetuneSettings, *, se
                 raise DivergedError(f"fine-tune loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as exc:  # an overflowing update surfaces here before the loss shows it
+                raise DivergedError(f"fine-tune update failed at step {step}: {exc}") from exc
             schedule.step()
             step += 1
             loss_sum += loss.item() * len(labels)

@@ -6,9 +6,11 @@ legacy one, and export runs in every trial (see experiments/ for the measurement
 from __future__ import annotations
 
 import contextlib
-import io
+import os
+import sys
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 import torch
@@ -23,13 +25,28 @@ class ExportError(RuntimeError):
     """The model contains something the ONNX exporter cannot express."""
 
 
+@contextlib.contextmanager
+def _silent_stdout() -> Iterator[None]:
+    """Swallow output written to file descriptor 1, which the exporter's C++ side uses too."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Path:
     """Write ``model`` (eval mode, BatchNorm folded) to ``path`` with a dynamic batch axis."""
     model.eval()
     try:
         # the legacy exporter's deprecation notice (once per trial), and on failure the whole
         # TorchScript graph printed to stdout: the one-line error below says what matters
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), _silent_stdout():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example_input,), str(path), dynamo=False, opset_version=OPSET,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

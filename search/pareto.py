@@ -70,13 +70,18 @@ def table(results: Sequence[TrialResult], baseline: Mapping[str, float]) -> str:
     header = f"{'trial':>8} {'acc %':>7} {'drop':>6} {'size KB':>9} {'zstd KB':>9} {'lat ms':>8} {'speedup':>8} {'smaller':>8}"
     lines = [header, "-" * len(header)]
 
+    def cell(m: Mapping[str, float], key: str, width: int, spec: str, scale: float = 1.0, unit: str = "") -> str:
+        return f"{format(m[key] / scale, spec)}{unit}".rjust(width) if key in m else "-".rjust(width)
+
     def line(label: str, m: Mapping[str, float]) -> str:
-        return (f"{label:>8} {m['accuracy']:7.2f} {m.get('accuracy_drop', 0.0):6.2f} {m['size_bytes'] / 1e3:9.1f} "
-                f"{m['compressed_bytes'] / 1e3:9.1f} {m['latency_ms']:8.3f} {m.get('speedup', 1.0):7.2f}x "
-                f"{m.get('size_ratio', 1.0):7.2f}x")
+        ratios = {"speedup": 1.0, "size_ratio": 1.0, **m} if m is baseline else m
+        return " ".join([f"{label:>8}", cell(m, "accuracy", 7, ".2f"), cell({"accuracy_drop": 0.0, **m},
+                         "accuracy_drop", 6, ".2f"), cell(m, "size_bytes", 9, ".1f", 1e3),
+                         cell(m, "compressed_bytes", 9, ".1f", 1e3), cell(m, "latency_ms", 8, ".3f"),
+                         cell(ratios, "speedup", 8, ".2f", unit="x"), cell(ratios, "size_ratio", 8, ".2f", unit="x")])
 
     lines.append(line("baseline", baseline))
-    lines += [line(str(r.number), r.metrics) for r in sorted(results, key=lambda r: r.metrics["size_bytes"])]
+    lines += [line(str(r.number), r.metrics) for r in sorted(results, key=lambda r: r.metrics.get("size_bytes", 0))]
     return "\n".join(lines)
 
 

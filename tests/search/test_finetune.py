@@ -143,9 +143,6 @@ class LoopGuard(Dataset):
         return self.inputs[index], self.labels[index]
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="bug in search/finetune.py: with drop_last=True a training set smaller than "
-                          "batch_size yields no batch and the step loop never ends")
 def test_a_training_set_smaller_than_a_batch_does_not_hang():
     data = LoopGuard(10)
     try:

@@ -140,9 +140,6 @@ def test_export_error_for_a_model_that_fails_to_run(tmp_path):
     assert str(info.value) == "ONNX export of Broken failed: first line"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug in search/onnx_export.py: redirect_stdout only swaps sys.stdout, while the "
-                          "exporter prints the TorchScript graph from C++ straight to file descriptor 1")
 def test_a_failed_export_prints_nothing(tmp_path, capfd):
     with pytest.raises(ExportError):
         export_onnx(FFTNet(), torch.randn(1, 1, 8, 8), tmp_path / "fft.onnx")

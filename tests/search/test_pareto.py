@@ -212,9 +212,6 @@ def test_write_empty_front(tmp_path):
     assert json.loads(json_path.read_text())["front"] == []
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="bug in search/pareto.py: table() indexes compressed_bytes and latency_ms directly, so a "
-                          "study configured without the Size or Latency evaluator crashes when printing its front")
 def test_table_without_latency_or_compressed_size():
     baseline = {"accuracy": 90.0, "size_bytes": 1000.0}
     only = TrialResult(number=1, plan=Plan(), metrics={"accuracy": 88.0, "size_bytes": 500.0}, timings={},
