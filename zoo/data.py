@@ -130,6 +130,10 @@ def idx_splits(*, root: str = DEFAULT_ROOT, image_size: int | None = None, chann
     Pixels are scaled to [0, 1], resized to ``image_size`` if given, repeated to
     ``channels`` and normalised with ``mean`` / ``std`` (defaults: Fashion-MNIST
     statistics for 1 channel, ImageNet's for 3).
+
+    The eval split is always held as one float32 array (10k images at 3x64x64 is about
+    0.5 GB); for large ``image_size`` set ``eval_limit``. A training set whose float32
+    copy would pass 256 MiB stays uint8 and is transformed per item instead.
     """
     preprocess = Preprocess.build(image_size=image_size, channels=channels, mean=mean, std=std)
     for name, value in (("train_limit", train_limit), ("eval_limit", eval_limit)):

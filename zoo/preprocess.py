@@ -39,7 +39,8 @@ class Preprocess:
         if channels not in (1, 3):
             raise ValueError(f"data.channels={channels!r}; allowed: 1 (grey) or 3 (grey repeated to RGB)")
         if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
-            raise ValueError(f"data.image_size={image_size!r}; allowed: a positive int, or None to keep the file's size")
+            raise ValueError(f"data.image_size={image_size!r}; "
+                             "allowed: a positive int, or None to keep the file's size")
         default_mean, default_std = (GREY_MEAN, GREY_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
         mean_t = tuple(float(m) for m in (default_mean if mean is None else mean))
         std_t = tuple(float(s) for s in (default_std if std is None else std))

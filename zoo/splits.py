@@ -149,7 +149,8 @@ def _train_dataset(value: Any) -> Dataset:
         x, y = _pair(value, "train")
         assert y is not None
         return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
-    raise TypeError(f"data train: got {type(value).__name__}; allowed: a torch Dataset or an (x, y) pair of numpy arrays")
+    raise TypeError(f"data train: got {type(value).__name__}; "
+                    "allowed: a torch Dataset or an (x, y) pair of numpy arrays")
 
 
 def _as_numpy(value: Any) -> np.ndarray:

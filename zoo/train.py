@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 RESNET_SMALL_RECIPE: dict[str, float | int | str] = {"epochs": 4, "batch_size": 128, "lr": 4e-3, "optimizer": "adam"}
-"""Baseline recipe for ``resnet_small`` on Fashion-MNIST 28x28: ~92 % test accuracy in
-about 75-120 s on 2 CPU cores (slower when the machine is shared); see ``zoo.baseline``."""
+"""Baseline recipe for ``resnet_small`` on Fashion-MNIST 28x28 (1876 steps): 91.3-92.0 % test
+accuracy, about 90 s on 2 idle CPU cores, up to ~3 min when other work shares them.
+Re-measure with ``python -m zoo.baseline``."""
 
 LogFn = Callable[[int, float, float], None]
 """``log(step, loss, running_accuracy)``, called every ``log_every`` steps and at the end."""

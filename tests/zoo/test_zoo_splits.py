@@ -57,7 +57,8 @@ def test_torch_datasets() -> None:
     np.testing.assert_allclose(out.eval.inputs, held_out.x.astype(np.float32))
     np.testing.assert_array_equal(out.eval.labels, held_out.y)
     tensors = TensorDataset(torch.zeros(4, 1, 6, 6), torch.tensor([0, 1, 2, 4]))
-    assert coerce_splits((tensors, torch.zeros(2, 1, 6, 6), (np.zeros((3, 1, 6, 6)), np.zeros(3, int)))).num_classes == 5
+    mixed = coerce_splits((tensors, torch.zeros(2, 1, 6, 6), (np.zeros((3, 1, 6, 6)), np.zeros(3, int))))
+    assert mixed.num_classes == 5
 
 
 def test_existing_splits_pass_through() -> None:
