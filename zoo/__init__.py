@@ -1,1 +1,1 @@
-"""Built-in models (zoo.models), data sets (zoo.data) and the training recipe (zoo.train)."""
+"""Built-in models (zoo.models) and data sets (zoo.data)."""

@@ -8,7 +8,7 @@ from torch import nn
 
 from zoo.data import DataSplits
 from zoo.models import resnet_small
-from zoo.train import accuracy, train_classifier
+from search.finetune import FinetuneSettings, finetune
 
 
 def out_pruned_convs(model: nn.Module) -> list[set[str]]:
@@ -54,30 +54,21 @@ def test_pruning_keeps_a_working_model() -> None:
     assert sum(p.numel() for p in model.parameters()) < 0.4 * 331_770
 
 
+def _accuracy(model: torch.nn.Module, inputs, labels) -> float:
+    with torch.no_grad():
+        return float((model.eval()(torch.as_tensor(inputs)).argmax(1) == torch.as_tensor(labels)).float().mean())
+
+
 def test_short_training_lowers_the_loss(fashion_root: str) -> None:
     from zoo.data import idx_splits
 
-    torch.set_num_threads(2)
     splits: DataSplits = idx_splits(root=fashion_root, train_limit=2000, eval_limit=500, calib_size=8)
     model = resnet_small()
-    before = accuracy(model, splits.eval.inputs, splits.eval.labels)
-    losses: list[float] = []
-    train_classifier(model, splits.train, epochs=50 / 32, batch_size=64, lr=4e-3, seed=0,
-                     log=lambda step, loss, acc: losses.append(loss), log_every=10)
+    before = _accuracy(model, splits.eval.inputs, splits.eval.labels)
+    curve = finetune(model, splits.train, FinetuneSettings(steps=50, batch_size=64, lr=4e-3, log_every=10))
+    losses = [loss for _, loss, _ in curve]
     assert len(losses) == 5
     assert losses[-1] < 0.7 * losses[0]
     assert not model.training
-    after = accuracy(model, splits.eval.inputs, splits.eval.labels)
+    after = _accuracy(model, splits.eval.inputs, splits.eval.labels)
     assert after > max(0.5, before + 0.2)
-
-
-def test_training_is_seeded() -> None:
-    data = torch.utils.data.TensorDataset(torch.randn(96, 1, 28, 28), torch.arange(96) % 10)
-    first, second = resnet_small(), resnet_small()
-    second.load_state_dict(first.state_dict())
-    for model in (first, second):
-        train_classifier(model, data, epochs=1, batch_size=32, lr=1e-3, optimizer="sgd", weight_decay=1e-4, seed=3)
-    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
-        torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="optimizer"):
-        train_classifier(first, data, epochs=1, batch_size=8, lr=1e-3, optimizer="lbfgs")
