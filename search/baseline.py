@@ -75,7 +75,9 @@ def trained_baseline(make_model: Callable[[], nn.Module], train: torch.utils.dat
         log.info("reusing cached baseline %s", path)
         return load_checkpoint(model, path)
     log.info("no checkpoint given: training the baseline (%d steps), cached at %s", settings.steps, path)
-    finetune(model, train, settings, seed=seed, log=log_curve)
+    finetune(model, train, settings, seed=seed, log=log_curve or (
+        lambda step, loss, acc: log.info("baseline step %d/%d: loss %.3f, train accuracy %.1f%%",
+                                         step, settings.steps, loss, acc)))
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(model.state_dict(), partial)

@@ -29,10 +29,12 @@ from spaces.quantization import QuantSettings
 from spaces.space import PruneSpec, QuantSpec
 
 USAGE = """usage: autosqueeze COMMAND [KEY=VALUE ...]
+       autosqueeze verify PACKAGE [KEY=VALUE ...]
 
 commands:
   search   run (or resume) a compression search and print its Pareto front
-  export   write a deploy folder for one trial of a finished study
+  export   write a deploy package (folder + zip) for one trial of a finished study, register it in MLflow
+  verify   re-check a package (zip or folder): file hashes, accuracy, latency, predict.py; exit 1 on a FAIL
   sync     log to MLflow the trials a search could not log (server down, tracking off)
   report   write an HTML report of a study (front, plots, per-layer sensitivity, export commands)
 
@@ -54,6 +56,9 @@ def load_config(overrides: list[str]) -> DictConfig:
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise UsageError(f"config: {str(exc).splitlines()[0]}") from exc
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UsageError(f"config: {', '.join(missing)} must be set (e.g. {missing[0]}=yourpkg.module.factory)")
     return cfg
 
 
@@ -165,7 +170,26 @@ def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
 def cmd_export(cfg: DictConfig, overrides: list[str]) -> int:
     from search.export import ExportSettings, export_command
 
-    return export_command(build_job(cfg), ExportSettings(**plain(cfg.export)))
+    settings = plain(cfg.export)
+    settings.pop("verify", None)  # the verify command's knobs
+    return export_command(build_job(cfg), ExportSettings(**settings))
+
+
+def cmd_verify(cfg: DictConfig, overrides: list[str], *, package: Path) -> int:
+    """``autosqueeze verify PACKAGE``: one PASS/FAIL line per check; loads the data group, never the model."""
+    from search.verify import VerifySettings, verify_package
+
+    if not package.exists():
+        raise UsageError(f"verify: no package at {package} (give the .zip or the folder `autosqueeze export` wrote)")
+    settings = VerifySettings(**plain(cfg.export.verify))
+    evaluators = [instantiate(node) for node in cfg.evaluator.evaluators.values()]
+    accuracy = next((e for e in evaluators if "accuracy" in e.metrics), None)
+    checks = verify_package(package, data=data_splits(cfg).eval, accuracy=accuracy, settings=settings)
+    for check in checks:
+        print(check.line())
+    failed = [c.name for c in checks if not c.ok]
+    print(f"verify: {'FAILED (' + ', '.join(failed) + ')' if failed else 'all checks passed'} for {package}")
+    return 1 if failed else 0
 
 
 def cmd_sync(cfg: DictConfig, overrides: list[str]) -> int:
@@ -204,16 +228,17 @@ def cmd_report(cfg: DictConfig, overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[DictConfig, list[str]], int]] = {
-    "search": cmd_search, "export": cmd_export, "sync": cmd_sync, "report": cmd_report}
+COMMANDS: dict[str, Callable[..., int]] = {
+    "search": cmd_search, "export": cmd_export, "sync": cmd_sync, "report": cmd_report, "verify": cmd_verify}
+POSITIONAL = {"verify": "package"}  # commands whose first argument is a path, not a Hydra override
 
 
 def configure_logging(cfg: DictConfig) -> None:
-    level = logging.WARNING if cfg.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own one-line progress replaces its dumps
-    for noisy in ("alembic", "mlflow", "root", "onnxruntime"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "root" else logging.ERROR)
+    """Our progress at INFO (WARNING when quiet); other libraries only when something is wrong."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for ours in ("autosqueeze", "search", "spaces", "evaluators", "zoo"):
+        logging.getLogger(ours).setLevel(logging.WARNING if cfg.quiet else logging.INFO)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our one-line progress replaces its dumps
     warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeat: stable in practice
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -231,6 +256,19 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no details'}"
 
 
+def _handler(command: str, overrides: list[str]) -> Callable[..., int] | None:
+    """The command's function; a positional path (``verify PACKAGE``) is taken off ``overrides`` and bound."""
+    handler = COMMANDS[command]
+    if command not in POSITIONAL:
+        return handler
+    name = POSITIONAL[command]
+    if not overrides or "=" in overrides[0] or overrides[0].startswith("-"):
+        print(f"autosqueeze: {command} needs a {name} path first: autosqueeze {command} {name.upper()} "
+              "[KEY=VALUE ...]", file=sys.stderr)
+        return None
+    return partial(handler, **{name: Path(overrides.pop(0))})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -240,13 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"autosqueeze: unknown command {command!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_USAGE
+    handler = _handler(command, overrides)
+    if handler is None:
+        return EXIT_USAGE
     try:
         cfg = load_config([o for o in overrides if o != "--cfg"])
         if "--cfg" in overrides:
             print(OmegaConf.to_yaml(cfg))
             return 0
         configure_logging(cfg)
-        return COMMANDS[command](cfg, [o for o in overrides if o != "--cfg"])
+        return handler(cfg, [o for o in overrides if o != "--cfg"])
     except UsageError as exc:
         print(f"autosqueeze: {exc}", file=sys.stderr)
         return EXIT_USAGE

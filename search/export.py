@@ -1,29 +1,29 @@
-"""Export a chosen trial as a deploy folder: the quantized ONNX file plus a manifest."""
+"""Export a chosen trial as a deploy package: a folder, a zip beside it, an MLflow run and a registered model.
+
+The package itself (files, manifest, zip) is built by ``search.package``; this module
+picks the trial, replays it when its files are gone, and logs the result.
+"""
 from __future__ import annotations
 
-import json
-import platform
-import shutil
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import optuna
 
-from search.trial import TrialResult, measure, run_trial, sha256_of
+from search.package import FP32, package_name, versions, write_package, write_zip, zip_path_for
+from search.trial import TrialResult, run_trial, sha256_of
 
 if TYPE_CHECKING:
-    from evaluators.base import Evaluator
     from search.trial import SearchContext
-    from zoo.data import DataSplits
 
+__all__ = ["ExportSelectionError", "ExportSettings", "export_command", "rebuild", "select", "versions",
+           "write_package"]
 RULES = {
     "smallest": (lambda r: r.metrics["size_bytes"]),
     "fastest": (lambda r: r.metrics["latency_ms"]),
     "most_accurate": (lambda r: -r.metrics["accuracy"]),
 }
-VERSIONED = ("autosqueeze", "torch", "torch-pruning", "onnx", "onnxruntime", "optuna", "mlflow", "numpy")
 
 
 class ExportSelectionError(ValueError):
@@ -36,6 +36,8 @@ class ExportSettings:
     rule: str = "smallest"
     max_drop: float | None = None
     out: str = "deploy"
+    include_fp32: bool = True                 # ship model_fp32.onnx as a fallback
+    registered_name: str | None = None        # MLflow registered model name; None registers nothing
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -59,54 +61,22 @@ def select(candidates: Sequence[TrialResult], settings: ExportSettings,
     return min(pool, key=RULES[settings.rule])
 
 
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
 def rebuild(ctx: SearchContext, trial: optuna.trial.FrozenTrial) -> TrialResult:
     """Replay a trial's params through the search's own code path (Optuna's FixedTrial)."""
     plan = ctx.space.suggest(optuna.trial.FixedTrial(trial.params, number=trial.number))
     return run_trial(ctx, plan, number=trial.number)
 
 
-def write_package(result: TrialResult, *, out_dir: Path, data: DataSplits, evaluators: Sequence[Evaluator],
-                  baseline: Mapping[str, float], study_name: str, tolerance: float = 1e-9) -> dict[str, Any]:
-    """Copy the trial's model into ``out_dir``, re-measure it and write ``manifest.json``.
-
-    The re-measured accuracy must equal the trial's logged one: same file, same data,
-    same ONNX Runtime. A mismatch means the artifact or the data changed, so it fails.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = out_dir / "model.onnx"
-    shutil.copyfile(result.model_path, model_path)
-    checked = measure(model_path, data, evaluators)
-    if abs(checked["accuracy"] - result.metrics["accuracy"]) > tolerance:
-        raise RuntimeError(f"exported model scores {checked['accuracy']:.4f}% but trial {result.number} logged "
-                           f"{result.metrics['accuracy']:.4f}%: the data or the artifact differ from the search's")
-    manifest = {
-        "study": study_name,
-        "trial": result.number,
-        "plan": result.plan.to_dict(),
-        "metrics": dict(result.metrics),
-        "measured_at_export": checked,
-        "baseline_metrics": dict(baseline),
-        "input": {"name": "input", "shape": [1, *data.input_shape], "dtype": "float32"},
-        "preprocessing": data.preprocessing,
-        "versions": versions(),
-        "files": {"model.onnx": sha256_of(model_path)},
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+def trial_files_intact(result: TrialResult, *, include_fp32: bool) -> bool:
+    """The trial's model is still the scored one (and its fp32 sibling exists when it is shipped)."""
+    model = Path(result.model_path)
+    if not (model.is_file() and sha256_of(model) == result.sha256):
+        return False
+    return not include_fp32 or model.with_name(FP32).is_file()
 
 
 def export_command(job: Any, settings: ExportSettings) -> int:
-    """``autosqueeze export``: pick a trial of the study, package it, log it to MLflow."""
+    """``autosqueeze export``: pick a trial of the study, package and zip it, log and register it in MLflow."""
     from search.runner import build_context
     from search.storage import existing_storage
     from search.study import feasible_results, load_study, results
@@ -115,16 +85,31 @@ def export_command(job: Any, settings: ExportSettings) -> int:
     study = load_study(job.search.study_name, existing_storage(job.storage_url, job.search.study_name))
     front = pareto.front(feasible_results(study), job.objectives)
     chosen = select(front, settings, results(study))
-    if not (Path(chosen.model_path).is_file() and sha256_of(Path(chosen.model_path)) == chosen.sha256):
-        frozen = study.trials[chosen.number]
-        chosen = rebuild(build_context(job, study), frozen)
-    manifest = write_package(chosen, out_dir=Path(settings.out), data=job.data, evaluators=job.evaluators,
-                             baseline=study.user_attrs["baseline"], study_name=job.search.study_name)
-    if job.tracking:
-        from search.tracking import Tracker
-
-        Tracker(job.tracking).log_export(study.user_attrs.get("mlflow_parent_run_id"), Path(settings.out), manifest)
-    print(f"exported trial {chosen.number} to {settings.out}: accuracy {manifest['measured_at_export']['accuracy']:.2f}% "
+    if not trial_files_intact(chosen, include_fp32=settings.include_fp32):
+        chosen = rebuild(build_context(job, study), study.trials[chosen.number])
+    out = Path(settings.out)
+    manifest = write_package(chosen, out_dir=out, data=job.data, evaluators=job.evaluators,
+                             baseline=study.user_attrs["baseline"], study_name=job.search.study_name,
+                             include_fp32=settings.include_fp32)
+    name = package_name(job.search.study_name, chosen.number)
+    archive = write_zip(out, zip_path_for(out, job.search.study_name, chosen.number), name)
+    print(f"exported trial {chosen.number} to {out}: accuracy {manifest['measured_at_export']['accuracy']:.2f}% "
           f"(logged {chosen.metrics['accuracy']:.2f}%), {chosen.metrics['size_bytes'] / 1e3:.1f} KB, "
           f"sha256 {manifest['files']['model.onnx'][:12]}")
+    print(f"package: {archive}  (check it with: autosqueeze verify {archive})")
+    if job.tracking:
+        log_to_mlflow(job, study, out, archive, manifest, settings.registered_name)
     return 0
+
+
+def log_to_mlflow(job: Any, study: optuna.Study, out: Path, archive: Path, manifest: dict,
+                  registered_name: str | None) -> None:
+    """The export run (folder + zip) and, when named, a new registered model version; failures only warn."""
+    from search.tracking import Tracker
+
+    tracker = Tracker(job.tracking)
+    run_id = tracker.log_export(study.user_attrs.get("mlflow_parent_run_id"), out, manifest, zip_path=archive)
+    if run_id and registered_name:
+        version = tracker.register_model(run_id, out / "model.onnx", registered_name, manifest)
+        if version:
+            print(f"registered in MLflow as model {registered_name!r} version {version}")

@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -26,12 +27,19 @@ class FinetuneSettings:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     log_every: int = 25
+    # Knowledge distillation from the unpruned baseline: the loss is
+    # (1 - distill) * cross-entropy + distill * T^2 * KL(teacher_T || student_T).
+    distill: float = 0.0
+    temperature: float = 4.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"fine-tune needs steps >= 0, batch_size >= 1 and lr > 0; got {self}")
+        if not 0.0 <= self.distill <= 1.0 or self.temperature <= 0:
+            raise ValueError(f"fine-tune needs 0 <= distill <= 1 and temperature > 0; got distill={self.distill}, "
+                             f"temperature={self.temperature}")
 
 
 Logger = Callable[[int, float, float], None]
@@ -47,10 +55,29 @@ def _optimizer(model: nn.Module, settings: FinetuneSettings) -> torch.optim.Opti
     return cls(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
+def _distilled(loss_fn: nn.Module, settings: FinetuneSettings,
+               teacher: nn.Module | None) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss: cross-entropy, blended with the teacher's softened outputs when given."""
+    if teacher is None or settings.distill == 0:
+        return lambda logits, labels, inputs: loss_fn(logits, labels)
+    teacher.eval()
+    t = settings.temperature
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            soft = F.log_softmax(teacher(inputs) / t, dim=1)
+        kd = F.kl_div(F.log_softmax(logits / t, dim=1), soft, log_target=True, reduction="batchmean") * t * t
+        return (1 - settings.distill) * loss_fn(logits, labels) + settings.distill * kd
+
+    return loss
+
+
 def finetune(model: nn.Module, train: Dataset, settings: FinetuneSettings, *, seed: int = 0,
-             log: Logger | None = None) -> list[tuple[int, float, float]]:
+             log: Logger | None = None, teacher: nn.Module | None = None) -> list[tuple[int, float, float]]:
     """Train ``model`` in place; returns the logged curve ``[(step, loss, accuracy), ...]``.
 
+    With a ``teacher`` and ``settings.distill > 0`` the student also learns the teacher's
+    output distribution, which recovers a pruned model faster than labels alone.
     Raises :class:`DivergedError` on a non-finite loss so the trial fails with a reason.
     """
     if settings.steps == 0:
@@ -63,7 +90,7 @@ def finetune(model: nn.Module, train: Dataset, settings: FinetuneSettings, *, se
         raise ValueError("fine-tune: the training split is empty; give at least one batch of samples")
     optimizer = _optimizer(model, settings)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.steps)
-    loss_fn = nn.CrossEntropyLoss()
+    objective = _distilled(nn.CrossEntropyLoss(), settings, teacher)
     curve: list[tuple[int, float, float]] = []
     seen = correct = 0
     loss_sum = 0.0
@@ -72,7 +99,7 @@ def finetune(model: nn.Module, train: Dataset, settings: FinetuneSettings, *, se
     while step < settings.steps:
         for inputs, labels in loader:
             logits = model(inputs)
-            loss = loss_fn(logits, labels)
+            loss = objective(logits, labels, inputs)
             if not math.isfinite(loss.item()):
                 raise DivergedError(f"fine-tune loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)

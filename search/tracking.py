@@ -140,8 +140,9 @@ class Tracker:
         self.client.set_terminated(parent_id, status=status)
 
     @guarded
-    def log_export(self, parent_id: str | None, folder: Path, manifest: Mapping[str, Any]) -> str:
-        """A run holding the deploy folder, nested under the study's run."""
+    def log_export(self, parent_id: str | None, folder: Path, manifest: Mapping[str, Any], *,
+                   zip_path: Path | None = None) -> str:
+        """A run holding the deploy folder (and its zip), nested under the study's run."""
         tags = {"kind": "export", "trial": str(manifest["trial"]), "sha256": manifest["files"]["model.onnx"]}
         if parent_id:
             tags[PARENT_TAG] = parent_id
@@ -149,8 +150,43 @@ class Tracker:
         self._log(run.info.run_id, params={"trial": manifest["trial"]},
                   metrics=[Metric(k, float(v), _now(), 0) for k, v in manifest["measured_at_export"].items()])
         self.client.log_artifacts(run.info.run_id, str(folder), "deploy")
+        if zip_path is not None:
+            self.client.log_artifact(run.info.run_id, str(zip_path))
         self.client.set_terminated(run.info.run_id, status="FINISHED")
         return run.info.run_id
+
+    @guarded
+    def register_model(self, run_id: str, model_path: Path, name: str, manifest: Mapping[str, Any]) -> str:
+        """Log ``model_path`` as an MLflow ONNX model under ``run_id/model`` and register a new version of ``name``.
+
+        The version's tags carry the trial's metrics, trial number, study and sha256, so the
+        registry alone tells which trial a deployed version came from and what it scored.
+        Guarded on its own, after ``log_export``: a registry failure leaves the export run logged.
+        """
+        import tempfile
+
+        import mlflow.onnx
+        import onnx
+        from mlflow.exceptions import MlflowException
+
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = Path(tmp) / "model"
+            # one self-contained file, byte-identical to the package's model.onnx
+            mlflow.onnx.save_model(onnx.load(str(model_path)), str(saved), save_as_external_data=False)
+            self.client.log_artifacts(run_id, str(saved), "model")
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            self.client.create_registered_model(name, tags={"autosqueeze.study": str(manifest["study"])})
+        version_tags = {k: repr(float(v)) for k, v in manifest["metrics"].items()}
+        version_tags.update({"trial": str(manifest["trial"]), "study": str(manifest["study"]),
+                             "sha256": manifest["files"]["model.onnx"]})
+        version = self.client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id,
+                                                   tags=version_tags)
+        self.client.set_tag(run_id, "registered_model", f"{name}/{version.version}")
+        return str(version.version)
 
     def _log(self, run_id: str, *, params: Mapping[str, Any] | None = None, metrics: Iterable[Metric] = (),
              tags: Mapping[str, str] | None = None) -> None:

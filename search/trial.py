@@ -119,7 +119,8 @@ def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable
     with clock.stage("finetune"):
         # An unpruned model is the converged baseline: training it again only adds noise.
         pruned = any(r > 0 for r in plan.prune.values())
-        curve = finetune(model, ctx.data.train, ctx.finetune, seed=ctx.seed, log=log) if pruned else []
+        curve = (finetune(model, ctx.data.train, ctx.finetune, seed=ctx.seed, log=log, teacher=ctx.baseline)
+                 if pruned else [])
     with clock.stage("export"):
         fp32_path = export_onnx(model, ctx.space.example_input, out_dir / "model_fp32.onnx")
     with clock.stage("quantize"):
