@@ -66,8 +66,13 @@ def cache_key(*parts: Any) -> str:
 
 def trained_baseline(make_model: Callable[[], nn.Module], train: torch.utils.data.Dataset, *,
                      settings: FinetuneSettings, cache_dir: Path, key: str, seed: int = 0,
-                     log_curve: Callable[[int, float, float], None] | None = None) -> nn.Module:
-    """Train the baseline with ``settings``, or reuse the checkpoint a previous run cached."""
+                     log_curve: Callable[[int, float, float], None] | None = None, head_steps: int = 0,
+                     example: torch.Tensor | None = None) -> nn.Module:
+    """Train the baseline with ``settings``, or reuse the checkpoint a previous run cached.
+
+    With ``head_steps`` (and an ``example`` input to find the head) only the classifier head
+    is trained first, so a pretrained backbone is not disturbed by a random head's gradients.
+    """
     path = cache_dir / f"baseline-{key}.pt"
     torch.manual_seed(seed)
     model = make_model()
@@ -75,6 +80,8 @@ def trained_baseline(make_model: Callable[[], nn.Module], train: torch.utils.dat
         log.info("reusing cached baseline %s", path)
         return load_checkpoint(model, path)
     log.info("no checkpoint given: training the baseline (%d steps), cached at %s", settings.steps, path)
+    if head_steps > 0 and example is not None:
+        _train_head(model, train, settings, head_steps, example, seed)
     finetune(model, train, settings, seed=seed, log=log_curve or (
         lambda step, loss, acc: log.info("baseline step %d/%d: loss %.3f, train accuracy %.1f%%",
                                          step, settings.steps, loss, acc)))
@@ -83,6 +90,26 @@ def trained_baseline(make_model: Callable[[], nn.Module], train: torch.utils.dat
     torch.save(model.state_dict(), partial)
     os.replace(partial, path)  # atomic: a concurrent worker never reads half a file
     return model.eval()
+
+
+def _train_head(model: nn.Module, train: torch.utils.data.Dataset, settings: FinetuneSettings, steps: int,
+                example: torch.Tensor, seed: int) -> None:
+    """Train only the classifier head for ``steps``, then make every parameter trainable again."""
+    from dataclasses import replace
+
+    from spaces.layers import head_name
+
+    head = model.get_submodule(head_name(model, example))
+    frozen = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in head.parameters())]
+    for param in frozen:
+        param.requires_grad_(False)
+    log.info("baseline: training the head %s alone for %d steps", type(head).__name__, steps)
+    try:
+        finetune(model, train, replace(settings, steps=steps), seed=seed, log=lambda step, loss, acc: log.info(
+            "baseline head step %d/%d: loss %.3f, train accuracy %.1f%%", step, steps, loss, acc))
+    finally:
+        for param in frozen:
+            param.requires_grad_(True)
 
 
 def metrics_summary(metrics: Mapping[str, float]) -> str:

@@ -133,6 +133,7 @@ def build_job(cfg: DictConfig):
               cache_dir=Path(cfg.paths.cache_dir),
               model_key=cache_key(plain(cfg.model), plain(cfg.data)),
               checkpoint=cfg.model.checkpoint, baseline_training=FinetuneSettings(**plain(cfg.model.train)),
+              head_steps=int(cfg.model.get("head_steps", 0) or 0),
               finetune=FinetuneSettings(**plain(cfg.search.finetune)), prune=prune, quant=quant,
               tracking=tracking, storage=cfg.storage, heartbeat=HeartbeatSettings(**plain(cfg.search.heartbeat)),
               settings_params=settings_params(cfg))
@@ -159,12 +160,12 @@ def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
     worker = [sys.executable, "-m", "search.cli", "search", *overrides, "search.workers=1"]
     outcome = run_search(job, worker_command=worker if job.search.workers > 1 else None)
     if os.environ.get(LOCAL_WORKER_ENV):
-        return 1 if outcome.stopped_early else 0  # the process that started the workers prints the front
+        return outcome.exit_code  # the process that started the workers prints the front
     print(f"\nPareto front of study {job.search.study_name!r} ({len(outcome.study.trials)} trials, "
           f"hypervolume {outcome.hypervolume:.4f}):")
     print(pareto.table(outcome.front, outcome.baseline))
     print("\nfiles: " + ", ".join(str(p) for p in outcome.files))
-    return 1 if outcome.stopped_early else 0
+    return outcome.exit_code
 
 
 def cmd_export(cfg: DictConfig, overrides: list[str]) -> int:

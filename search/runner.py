@@ -53,6 +53,7 @@ class Job:
     model_key: str
     checkpoint: str | None = None
     baseline_training: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(steps=1500))
+    head_steps: int = 0  # baseline: train only the classifier head this many steps first
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     prune: PruneSpec = field(default_factory=PruneSpec)
     quant: QuantSpec = field(default_factory=QuantSpec)
@@ -93,7 +94,8 @@ def prepare(job: Job, checked: tuple[nn.Module, Space] | None = None) -> tuple[n
     model, space = checked or preflight(job)
     if not job.checkpoint:
         model = trained_baseline(job.make_model, job.data.train, settings=job.baseline_training,
-                                 cache_dir=job.cache_dir, key=job.model_key, seed=job.search.seed)
+                                 cache_dir=job.cache_dir, key=job.model_key, seed=job.search.seed,
+                                 head_steps=job.head_steps, example=space.example_input)
     return model, space
 
 
@@ -154,7 +156,12 @@ class SearchOutcome:
     baseline: dict
     hypervolume: float
     files: tuple[Path, ...]
-    stopped_early: bool
+    ending: str = "complete"
+    """``complete`` (budget or time reached), ``interrupted`` (Ctrl-C) or ``failures`` (max_failures in a row)."""
+
+    @property
+    def exit_code(self) -> int:
+        return {"complete": 0, "failures": 1, "interrupted": 130}[self.ending]
 
 
 def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> SearchOutcome:
@@ -185,7 +192,7 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
     callbacks = [limit, BudgetCallback(budget), FrontWatch(job.objectives, tracker, progress)]
     done = completed(study)
     log.info("study %r: %d trials completed, budget %s", job.search.study_name, done, budget)
-    status = "FINISHED"
+    ending = "complete"
     try:
         if worker_command and (budget is None or done < budget):
             run_workers(worker_command, job.search.workers)
@@ -195,15 +202,13 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
                                         trial_timeout=job.search.trial_timeout, on_stage=progress.stage),
                            timeout=job.search.timeout, catch=(Exception,), callbacks=callbacks)
     except KeyboardInterrupt:
-        status = "KILLED"
+        ending = "interrupted"
         log.warning("interrupted: the current trial was recorded as failed; the front so far follows")
-    finally:
-        outcome = finish(job, study, ctx.baseline_metrics, tracker, parent, status=status)
     if limit.tripped:
+        ending = "failures"
         log.error("stopped after %d consecutive failed trials; last error: %s", limit.streak,
                   study.trials[-1].user_attrs.get("error", "see the study"))
-        return SearchOutcome(**{**outcome.__dict__, "stopped_early": True})
-    return outcome
+    return finish(job, study, ctx.baseline_metrics, tracker, parent, ending=ending)
 
 
 def run_workers(command: Sequence[str], count: int) -> None:
@@ -225,7 +230,7 @@ def run_workers(command: Sequence[str], count: int) -> None:
 
 
 def finish(job: Job, study: optuna.Study, baseline: dict, tracker: Tracker | None, parent: str | None, *,
-           status: str) -> SearchOutcome:
+           ending: str = "complete") -> SearchOutcome:
     """Front, hypervolume, files and final MLflow logging from whatever the study holds now."""
     members = pareto.front(feasible_results(study), job.objectives)
     hv = pareto.hypervolume(members, job.objectives, baseline)
@@ -241,7 +246,6 @@ def finish(job: Job, study: optuna.Study, baseline: dict, tracker: Tracker | Non
             for member in members:
                 if run_ids.get(member.number) and Path(member.model_path).is_file():
                     tracker.log_artifact(run_ids[member.number], member.model_path, "model")
-        tracker.end_study(parent, status=status)
-    return SearchOutcome(study=study, front=members, baseline=baseline, hypervolume=hv, files=files,
-                         stopped_early=False)
+        tracker.end_study(parent, status={"complete": "FINISHED", "interrupted": "KILLED"}.get(ending, "FAILED"))
+    return SearchOutcome(study=study, front=members, baseline=baseline, hypervolume=hv, files=files, ending=ending)
 
