@@ -52,7 +52,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Pa
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                               do_constant_folding=True)
-    except Exception as exc:  # the exporter raises many types; all mean the same to the user
+    except (RuntimeError, TypeError, ValueError, NotImplementedError, AttributeError) as exc:
+        # what the tracer and the symbolic functions raise for something ONNX cannot express
         raise ExportError(f"ONNX export of {type(model).__name__} failed: {exc}".splitlines()[0]) from exc
     onnx.checker.check_model(str(path))
     return path

@@ -206,8 +206,8 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
         log.warning("interrupted: the current trial was recorded as failed; the front so far follows")
     if limit.tripped:
         ending = "failures"
-        log.error("stopped after %d consecutive failed trials; last error: %s", limit.streak,
-                  study.trials[-1].user_attrs.get("error", "see the study"))
+        log.error("stopped after %d consecutive failed trials (search.max_failures); last error: %s",
+                  limit.streak, limit.last_error)
     return finish(job, study, ctx.baseline_metrics, tracker, parent, ending=ending)
 
 

@@ -113,9 +113,12 @@ class FailureLimit:
         self.limit = limit
         self.streak = 0
         self.tripped = False
+        self.last_error = ""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
+        if trial.state == TrialState.FAIL:
+            self.last_error = trial.user_attrs.get("error", "no reason recorded")
         if self.limit and self.streak >= self.limit:
             self.tripped = True
             study.stop()
