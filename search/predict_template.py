@@ -110,6 +110,7 @@ def predict(session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Print ``<index> <class>`` per image; exit 2 (one line on stderr) when the input cannot be used."""
     parser = argparse.ArgumentParser(description="Classify images with the exported ONNX model.")
     parser.add_argument("images", type=Path, help=".npy file: (N, H, W) raw images or (N, C, H, W) preprocessed")
     parser.add_argument("--model", type=Path, default=HERE / "model.onnx",

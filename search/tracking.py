@@ -171,8 +171,13 @@ class Tracker:
 
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "model"
-            # one self-contained file, byte-identical to the package's model.onnx
-            mlflow.onnx.save_model(onnx.load(str(model_path)), str(saved), save_as_external_data=False)
+            # One self-contained file, byte-identical to the package's model.onnx; the requirements are
+            # given, so MLflow does not spend seconds inferring them in a subprocess.
+            versions = manifest.get("versions", {})
+            requirements = [f"{name}=={versions[name]}" if name in versions else name
+                            for name in ("onnx", "onnxruntime", "numpy")]
+            mlflow.onnx.save_model(onnx.load(str(model_path)), str(saved), save_as_external_data=False,
+                                   pip_requirements=requirements)
             self.client.log_artifacts(run_id, str(saved), "model")
         try:
             self.client.get_registered_model(name)

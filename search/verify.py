@@ -83,6 +83,7 @@ def open_package(path: Path, workdir: Path) -> Path:
 
 
 def check_files(folder: Path, manifest: Mapping[str, Any]) -> Check:
+    """Every listed file present with its sha256, no unlisted file: the package is exactly what was exported."""
     listed: Mapping[str, str] = manifest.get("files", {})
     problems = [f"{name} missing" for name in listed if not (folder / name).is_file()]
     problems += [f"{name} sha256 {file_sha256(folder / name)[:12]} != manifest {digest[:12]}"
@@ -98,6 +99,7 @@ def check_files(folder: Path, manifest: Mapping[str, Any]) -> Check:
 
 
 def check_accuracy(folder: Path, manifest: Mapping[str, Any], data: EvalData, accuracy: Accuracy) -> Check:
+    """Exact equality: same file, same data and same ONNX Runtime give the same number."""
     expected = float(manifest["metrics"]["accuracy"])
     measured = accuracy.measure(folder / MODEL, data)["accuracy"]
     same_data = manifest.get("eval_data") in (None, data_fingerprint(data))
@@ -109,6 +111,7 @@ def check_accuracy(folder: Path, manifest: Mapping[str, Any], data: EvalData, ac
 
 
 def check_latency(folder: Path, manifest: Mapping[str, Any], data: EvalData, settings: VerifySettings) -> Check:
+    """Batch-1 median timed alone, as at export; only a slowdown beyond ``max_slowdown`` fails."""
     reference = {**manifest.get("metrics", {}), **manifest.get("measured_at_export", {})}.get("latency_ms")
     if reference is None:
         return Check("latency", True, "the manifest records no latency_ms", skipped=True)
@@ -135,6 +138,7 @@ def raw_images(inputs: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray | None
 
 
 def run_predict(folder: Path, images: np.ndarray, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``predict.py images.npy`` in a fresh isolated interpreter with a bare environment and no torch."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "samples.npy"
         np.save(path, images)
@@ -144,6 +148,7 @@ def run_predict(folder: Path, images: np.ndarray, timeout: float) -> subprocess.
 
 
 def check_predict(folder: Path, manifest: Mapping[str, Any], data: EvalData, settings: VerifySettings) -> Check:
+    """predict.py's printed classes equal ONNX Runtime's arg-max on the same eval samples."""
     inputs = np.ascontiguousarray(data.inputs[:settings.predict_samples], dtype=np.float32)
     session = make_session(folder / MODEL, threads=1)
     expected = [int(np.asarray(session.run(None, {session.get_inputs()[0].name: inputs[i:i + 1]})[0]).argmax())
