@@ -210,16 +210,11 @@ def cmd_report(cfg: DictConfig, overrides: list[str]) -> int:
     import shlex
 
     from search.report import write_report
+    from search.study import check_objectives
 
     run_dir, name, objectives = Path(cfg.paths.run_dir), cfg.search.study_name, objectives_of(cfg)
-    if cfg.storage is None and not (run_dir / "study.db").is_file():
-        raise UsageError(f"no study at {run_dir / 'study.db'}: run `autosqueeze search` first, or point "
-                         "search.study_name=, paths.run_dir= or storage= at the study")
     study = study_of(cfg)
-    stored, declared = study.user_attrs.get("objectives"), [o.metric for o in objectives]
-    if stored is not None and stored != declared:
-        raise UsageError(f"study {name!r} optimises {stored}, the config declares {declared}; "
-                         "pass the evaluator overrides the search used")
+    check_objectives(study, objectives)
     # The export command repeats the overrides that locate the study (and model/data ones), URLs redacted.
     kept = [o for o in overrides if not o.startswith(("storage=", "search.study_name=", "export."))]
     where = [f"storage={redact(cfg.storage)}"] if cfg.storage else []

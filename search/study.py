@@ -70,14 +70,18 @@ def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage,
     """Create the study, or load it when one of that name exists; its objectives must match."""
     study = optuna.create_study(study_name=settings.study_name, storage=storage, load_if_exists=True,
                                 directions=[o.direction for o in objectives], sampler=make_sampler(settings))
-    declared = [o.metric for o in objectives]
-    stored = study.user_attrs.get("objectives")
-    if stored is None:
-        study.set_user_attr("objectives", declared)
-    elif stored != declared:
-        raise StudyMismatchError(f"study {settings.study_name!r} optimises {stored}, the config declares "
-                                 f"{declared}; use another search.study_name or the same objectives")
+    if study.user_attrs.get("objectives") is None:
+        study.set_user_attr("objectives", [o.metric for o in objectives])
+    check_objectives(study, objectives)
     return study
+
+
+def check_objectives(study: optuna.Study, objectives: Sequence[Objective]) -> None:
+    """A study is read with the objectives it was searched with, or not at all."""
+    stored, declared = study.user_attrs.get("objectives"), [o.metric for o in objectives]
+    if stored is not None and stored != declared:
+        raise StudyMismatchError(f"study {study.study_name!r} optimises {stored}, the config declares "
+                                 f"{declared}; use another search.study_name or the evaluator settings it used")
 
 
 def results(study: optuna.Study) -> list[TrialResult]:

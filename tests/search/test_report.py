@@ -89,7 +89,7 @@ def data_front(run_dir: Path) -> list[int]:
 
 def test_report_command_on_a_missing_study_exits_2_with_a_clear_message(run_dir, tmp_path, capsys):
     assert main(["report", "search.study_name=absent", f"paths.run_dir={tmp_path / 'nowhere'}"]) == 2
-    assert "no study at" in capsys.readouterr().err
+    assert "no such study" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()  # nothing created as a side effect
     assert main(["report", "search.study_name=absent", f"paths.run_dir={run_dir}"]) == 2
     assert "no such study" in capsys.readouterr().err
