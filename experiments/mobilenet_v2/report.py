@@ -1,0 +1,239 @@
+"""The benchmark's report: re-time every front member beside the baseline, then table, CSV and plot."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shlex
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+import optuna
+from matplotlib.figure import Figure
+
+from evaluators.latency import interleaved
+from machine import markdown
+from mobilenet_v2.layers import kind_probe, mix_table, precision_mix
+from search import pareto
+from search.study import feasible_results, results
+from search.trial import STAGES, TrialResult
+
+if TYPE_CHECKING:
+    from search.runner import Job
+
+log = logging.getLogger("autosqueeze")
+RUNS, WARMUP, MAX_DROP = 300, 20, 1.0
+SIZE_TARGET, STRETCH, SPEED_TARGET = 4.3, 6.0, 2.0
+COLORS = {"grid": "tab:gray", "random": "tab:orange", "autosqueeze": "tab:blue"}
+MARKERS = {"grid": "s", "random": "^", "autosqueeze": "o"}
+
+
+@dataclass
+class Method:
+    name: str
+    budget: int
+    trials: list[TrialResult]
+    front: list[TrialResult]
+    wall_s: float
+    retimed: dict[int, dict[str, float]]  # trial number -> interleaved latency metrics
+
+
+def load(job: Job, root: Path, method: str, wall_s: float) -> Method:
+    from mobilenet_v2.run import method_job
+
+    mjob = method_job(job, method, root)
+    study = optuna.load_study(study_name=mjob.search.study_name, storage=mjob.storage_url)
+    front = pareto.front(feasible_results(study), job.objectives)
+    return Method(method, mjob.search.n_trials, results(study), front, wall_s, {})
+
+
+def retime(methods: Sequence[Method], base_path: str, data) -> dict[str, float]:
+    """Baseline + every front member, interleaved round-robin in one process, 1 thread, batch 1."""
+    members = [(m, r) for m in methods for r in m.front]
+    timed = interleaved([Path(base_path)] + [Path(r.model_path) for _, r in members], data.eval,
+                        warmup=WARMUP, runs=RUNS, threads=1)
+    for (m, r), t in zip(members, timed[1:]):
+        m.retimed[r.number] = t
+    return timed[0]
+
+
+def with_latency(r: TrialResult, latency: float) -> TrialResult:
+    return replace(r, metrics={**r.metrics, "latency_ms": latency})
+
+
+def speedup(m: Method, r: TrialResult, base_t: Mapping[str, float]) -> float:
+    return base_t["latency_ms"] / m.retimed[r.number]["latency_ms"]
+
+
+def summary(m: Method, job: Job, base: Mapping[str, float], base_t: Mapping[str, float]) -> dict:
+    ok = [r for r in m.front if r.metrics["accuracy_drop"] <= MAX_DROP]
+    smallest = max(ok, key=lambda r: r.metrics["size_ratio"], default=None)
+    fastest = max(ok, key=lambda r: speedup(m, r, base_t), default=None)
+    retimed_front = [with_latency(r, m.retimed[r.number]["latency_ms"]) for r in m.front]
+    hits = [r for r in ok if r.metrics["size_ratio"] >= SIZE_TARGET and speedup(m, r, base_t) >= SPEED_TARGET]
+    stretch = [r for r in hits if r.metrics["size_ratio"] >= STRETCH]
+    return {
+        "method": m.name, "trials": len(m.trials), "budget": m.budget, "front": len(m.front),
+        "hv_search": pareto.hypervolume(m.front, job.objectives, base),
+        "hv_retimed": pareto.hypervolume(retimed_front, job.objectives, {**base, "latency_ms": base_t["latency_ms"]}),
+        "smallest": smallest, "fastest": fastest, "hits": hits, "stretch": stretch, "wall_s": m.wall_s,
+        "trial_s": float(np.mean([r.timings.get("total", 0.0) for r in m.trials])) if m.trials else 0.0}
+
+
+def _desc(m: Method, r: TrialResult | None, base_t: Mapping[str, float]) -> str:
+    if r is None:
+        return "none within 1 pt"
+    return (f"**{r.metrics['size_ratio']:.2f}x** smaller, {speedup(m, r, base_t):.2f}x faster, "
+            f"drop {r.metrics['accuracy_drop']:.2f} (trial {r.number})")
+
+
+def _desc_fast(m: Method, r: TrialResult | None, base_t: Mapping[str, float]) -> str:
+    if r is None:
+        return "none within 1 pt"
+    return (f"**{speedup(m, r, base_t):.2f}x** faster, {r.metrics['size_ratio']:.2f}x smaller, "
+            f"drop {r.metrics['accuracy_drop']:.2f} (trial {r.number})")
+
+
+def plan_summary(r: TrialResult) -> dict[str, float | int]:
+    ratios = list(r.plan.prune.values()) or [0.0]
+    quant = list(r.plan.quant.values())
+    return {"mean_prune": round(float(np.mean(ratios)), 3), "max_prune": max(ratios),
+            **{f"n_{p}": quant.count(p) for p in ("fp32", "int8", "int4")}}
+
+
+def write_csv(path: Path, methods: Sequence[Method], base: Mapping[str, float], base_t: Mapping[str, float]) -> None:
+    rows = [{"method": "baseline", "trial": "", "accuracy": base["accuracy"], "accuracy_drop": 0.0,
+             "size_bytes": base["size_bytes"], "size_ratio": 1.0, "compressed_bytes": base["compressed_bytes"],
+             "latency_ms": base_t["latency_ms"], "latency_p90_ms": base_t["latency_p90_ms"],
+             "latency_cv": base_t["latency_cv"], "speedup": 1.0, "search_latency_ms": base["latency_ms"]}]
+    for m in methods:
+        for r in sorted(m.front, key=lambda r: r.metrics["size_bytes"]):
+            t = m.retimed[r.number]
+            rows.append({"method": m.name, "trial": r.number, "accuracy": r.metrics["accuracy"],
+                         "accuracy_drop": r.metrics["accuracy_drop"], "size_bytes": r.metrics["size_bytes"],
+                         "size_ratio": r.metrics["size_ratio"], "compressed_bytes": r.metrics["compressed_bytes"],
+                         "latency_ms": t["latency_ms"], "latency_p90_ms": t["latency_p90_ms"],
+                         "latency_cv": t["latency_cv"], "speedup": base_t["latency_ms"] / t["latency_ms"],
+                         "search_latency_ms": r.metrics["latency_ms"], **plan_summary(r),
+                         **{f"t_{s}": r.timings.get(s, 0.0) for s in STAGES}})
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+
+
+def plot(path: Path, methods: Sequence[Method], base: Mapping[str, float], base_t: Mapping[str, float]) -> None:
+    fig = Figure(figsize=(12, 4.8), dpi=100)
+    axes = fig.subplots(1, 2)
+    for ax, (label, value) in zip(axes, (("ONNX file size (KB)", lambda m, r: r.metrics["size_bytes"] / 1e3),
+                                         ("latency, batch 1, 1 thread, re-timed (ms)",
+                                          lambda m, r: m.retimed[r.number]["latency_ms"]))):
+        for m in methods:
+            pts = sorted((value(m, r), r.metrics["accuracy"]) for r in m.front)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], MARKERS[m.name] + "-", color=COLORS[m.name],
+                    label=f"{m.name} ({len(m.trials)} trials)", alpha=0.85)
+        x0 = base["size_bytes"] / 1e3 if "size" in label else base_t["latency_ms"]
+        ax.plot([x0], [base["accuracy"]], "k*", markersize=12, label="fp32 baseline")
+        ax.axhline(base["accuracy"] - MAX_DROP, color="red", linestyle=":", label="1-point drop")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("MobileNetV2 -> Fashion-MNIST 64x64: feasible Pareto fronts")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def stage_table(methods: Sequence[Method]) -> str:
+    lines = ["| method | trials | " + " | ".join(STAGES) + " | total | pruned trials: finetune |",
+             "|---|---|" + "---|" * (len(STAGES) + 2)]
+    for m in methods:
+        mean = {s: np.mean([r.timings.get(s, 0.0) for r in m.trials]) for s in (*STAGES, "total")}
+        pruned = [r.timings["finetune"] for r in m.trials if any(v > 0 for v in r.plan.prune.values())]
+        lines.append(f"| {m.name} | {len(m.trials)} | " + " | ".join(f"{mean[s]:.1f}" for s in STAGES)
+                     + f" | {mean['total']:.1f} | {np.mean(pruned) if pruned else 0:.1f} ({len(pruned)}) |")
+    return "\n".join(lines)
+
+
+def write_report(job: Job, root: Path, base: dict, walls: Mapping[str, float], *, setup_s: float,
+                 overrides: Sequence[str], out_dir: Path, kinds: Mapping[str, str],
+                 notes: str = "") -> Path:
+    metrics = base["metrics"]
+    notes = f"\n## Analysis\n\n{notes.strip()}\n" if notes.strip() else ""
+    methods = [load(job, root, name, walls.get(name, 0.0)) for name in ("grid", "random", "autosqueeze")]
+    log.info("re-timing the baseline and %d front members interleaved (%d runs)", sum(len(m.front) for m in methods),
+             RUNS)
+    base_t = retime(methods, base["onnx"], job.data)
+    probe = kind_probe(Path(base["onnx"]), root / "probe", kinds, job.data, runs=RUNS, warmup=WARMUP)
+    sums = [summary(m, job, metrics, base_t) for m in methods]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(out_dir / "results.csv", methods, metrics, base_t)
+    plot(out_dir / "fronts.png", methods, metrics, base_t)
+    rows = "\n".join(
+        f"| {s['method']} | {s['trials']} (budget {s['budget']}) | {s['front']} | {s['hv_search']:.4f} | "
+        f"{s['hv_retimed']:.4f} | {_desc(m, s['smallest'], base_t)} | {_desc_fast(m, s['fastest'], base_t)} | "
+        f"{s['wall_s'] / 60:.1f} min | {s['trial_s']:.0f} s |" for s, m in zip(sums, methods))
+    targets = "\n".join(
+        f"- {s['method']}: size >= {SIZE_TARGET}x and speed >= {SPEED_TARGET}x within 1 pt: "
+        f"{'**met** by trials ' + str([r.number for r in s['hits']]) if s['hits'] else 'not met'}; "
+        f"stretch >= {STRETCH}x: {'**met** ' + str([r.number for r in s['stretch']]) if s['stretch'] else 'not met'}"
+        for s in sums)
+    hv = {s["method"]: s["hv_retimed"] for s in sums}
+    hv_search = {s["method"]: s["hv_search"] for s in sums}
+    mixes = "\n\n".join(mix_table(f"{m.name} front ({len(m.front)} plans): layers at", precision_mix(
+        [r.plan.quant for r in m.front], kinds), ("fp32", "int8", "int4")) for m in methods[1:])
+    probe_rows = "\n".join(f"| {p['variant']} | {p['latency_ms']:.3f} | {p['speedup']:.2f}x | {p['latency_cv']:.3f} | "
+                           f"{p['size_bytes'] / 1e3:.0f} |" for p in probe)
+    command = " ".join([".venv/bin/python experiments/mobilenet_v2/run.py", *map(shlex.quote, overrides)])
+    text = f"""# MobileNetV2 (ImageNet weights) -> Fashion-MNIST 64x64: grid vs random vs autosqueeze
+
+Command (repository root): `{command}` (settings: `conf/experiment/mobilenet_v2.yaml`).
+
+Baseline (fp32, {base['onnx']}): top-1 **{metrics['accuracy']:.2f}%** on {len(job.data.eval.labels)} test images,
+{metrics['size_bytes'] / 1e6:.2f} MB ONNX file, {base_t['latency_ms']:.3f} ms median
+(p90 {base_t['latency_p90_ms']:.3f} ms, CV {base_t['latency_cv']:.3f}) re-timed; baseline setup {setup_s:.0f} s.
+
+| method | trials | front | HV (search latency) | HV (re-timed) | best size within 1 pt | best speed within 1 pt | search wall | mean trial |
+|---|---|---|---|---|---|---|---|---|
+{rows}
+
+Size ratio = baseline .onnx bytes / member .onnx bytes. Speedups are from the re-timing: the baseline and
+every front member of all three methods in one process, round-robin, ONNX Runtime CPU, 1 intra-op thread,
+batch 1, {WARMUP} warm-up + {RUNS} timed runs each, median; p90 and CV per model are in results.csv.
+Both hypervolumes use one reference point for all three methods (objectives / baseline; accuracy at
+0.95 x baseline, size and latency at 1.0 x baseline). "HV (search latency)" uses the latency each trial
+measured alone during its search; "HV (re-timed)" the interleaved re-timing of the same front members.
+
+## Targets
+
+{targets}
+- Hypervolume (re-timed): autosqueeze {hv['autosqueeze']:.4f} vs random {hv['random']:.4f} vs grid {hv['grid']:.4f};
+  with search latencies: {hv_search['autosqueeze']:.4f} vs {hv_search['random']:.4f} vs {hv_search['grid']:.4f}.
+{notes}
+## Where int8 pays on this CPU (unpruned baseline, interleaved, {RUNS} runs)
+
+| variant | latency ms | speedup vs fp32 | CV | bytes (KB) |
+|---|---|---|---|---|
+{probe_rows}
+
+## Which precision the front members chose, per layer kind
+
+{mixes}
+
+## Trial time by stage (seconds, mean over completed trials)
+
+{stage_table(methods)}
+
+## Machine
+
+{markdown()}
+"""
+    path = out_dir / "results.md"
+    path.write_text(text)
+    (root / "summary.json").write_text(json.dumps({"base_retimed": base_t, "hv": hv, "hv_search": hv_search,
+                                                   "probe": probe}, indent=2))
+    return path
