@@ -132,10 +132,10 @@ def test_mlflow_outage_warns_trials_go_on_and_sync_replays(tmp_path):
 def test_slow_trials_fail_alone_and_consecutive_failures_stop_the_search(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     code = main(["search", *TINY, "tracking=none", "search.study_name=slow", "search.n_trials=6",
-                 "search.trial_timeout=0.05", "search.max_failures=2"])
+                 "search.trial_timeout=0.001", "search.max_failures=2"])
     assert code == 1
     assert "2 consecutive failed trials (search.max_failures)" in caplog.text
-    assert "last error: TrialTimeout: trial ran past search.trial_timeout=0.05 s" in caplog.text
+    assert "last error: TrialTimeout: trial ran past search.trial_timeout=0.001 s" in caplog.text
     study = optuna.load_study(study_name="slow", storage=f"sqlite:///{tmp_path}/outputs/slow/study.db")
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert len(failed) == 2 and all("TrialTimeout" in t.user_attrs["error"] for t in failed)
