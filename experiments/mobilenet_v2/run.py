@@ -104,6 +104,7 @@ def main(overrides: list[str]) -> None:
     log.info("baseline: %s (setup %.0f s)", base["metrics"], setup_s)
     walls_path = root / "walls.json"
     walls = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
+    setup_s = walls.setdefault("setup", setup_s)  # the first run's: it trained the baseline
     for method in METHODS:
         mjob = method_job(job, method, root)
         seed_study(mjob, method, base, space)
