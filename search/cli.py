@@ -23,7 +23,7 @@ from search.finetune import FinetuneSettings
 from search.onnx_export import ExportError
 from search.secrets import redact
 from search.storage import HeartbeatSettings
-from search.study import SearchSettings
+from search.study import LOCAL_WORKER_ENV, SearchSettings
 from search.tracking import TrackingSettings
 from spaces.quantization import QuantSettings
 from spaces.space import PruneSpec, QuantSpec
@@ -41,7 +41,6 @@ commands:
 Overrides use Hydra syntax, e.g.  autosqueeze search search.n_trials=40 space.prune.ratios=[0,0.25,0.5]
 Show the composed config with:      autosqueeze search --cfg"""
 EXIT_USAGE = 2
-LOCAL_WORKER_ENV = "AUTOSQUEEZE_LOCAL_WORKER"
 log = logging.getLogger("autosqueeze")
 
 

@@ -22,8 +22,8 @@ from search.plots import write_plots
 from search.progress import Progress
 from search.secrets import redact
 from search.storage import HeartbeatSettings, make_storage, storage_url
-from search.study import (BudgetCallback, FailureLimit, SearchSettings, completed, enqueue_references,
-                          feasible_results, objective_fn, open_study)
+from search.study import (LOCAL_WORKER_ENV, BudgetCallback, FailureLimit, SearchSettings, completed,
+                          enqueue_references, feasible_results, objective_fn, open_study)
 from search.tracking import Tracker, TrackingSettings
 from search.trial import SearchContext, TrialResult, measure, sha256_of
 from spaces.space import PruneSpec, QuantSpec, Space
@@ -214,8 +214,12 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
 def run_workers(command: Sequence[str], count: int) -> None:
     """Start ``count`` worker processes and wait for all; Ctrl-C is passed on to each."""
     log.info("starting %d workers: %s", count, redact(" ".join(command)))
-    env = {**os.environ, "AUTOSQUEEZE_LOCAL_WORKER": "1"}
-    workers = [subprocess.Popen(list(command), env=env) for _ in range(count)]
+    # Each worker gets its share of the cores: torch's OpenMP threads spin, and two workers with
+    # two threads each on two cores ran every trial ~15x slower than one worker alone.
+    threads = str(max(1, (os.cpu_count() or 1) // count))
+    env = {**os.environ, LOCAL_WORKER_ENV: "1", "OMP_NUM_THREADS": threads}
+    workers = [subprocess.Popen([*command, f"evaluator.evaluators.accuracy.threads={threads}"], env=env)
+               for _ in range(count)]
     try:
         codes = [w.wait() for w in workers]
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import optuna
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("nsga2", "tpe", "random")
+LOCAL_WORKER_ENV = "AUTOSQUEEZE_LOCAL_WORKER"  # set for the processes `search.workers=N` starts
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial, for logs and fault tests
 
 
@@ -70,6 +71,10 @@ def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage,
     """Create the study, or load it when one of that name exists; its objectives must match."""
     study = optuna.create_study(study_name=settings.study_name, storage=storage, load_if_exists=True,
                                 directions=[o.direction for o in objectives], sampler=make_sampler(settings))
+    # A resumed study, or a second worker, must not replay the first run's random draws.
+    offset = len(study.get_trials(deepcopy=False)) + (os.getpid() if os.environ.get(LOCAL_WORKER_ENV) else 0)
+    if offset:
+        study.sampler = make_sampler(replace(settings, seed=settings.seed + offset))
     if study.user_attrs.get("objectives") is None:
         study.set_user_attr("objectives", [o.metric for o in objectives])
     check_objectives(study, objectives)

@@ -108,3 +108,17 @@ def test_rerun_resumes_and_adds_only_the_missing_trials(searched):
     outcome = run_search(bigger)
     assert len(outcome.study.trials) == 4
     assert outcome.study.trials[3].user_attrs.get("reference") is None
+
+
+def test_a_resumed_study_does_not_replay_its_random_draws(tmp_path):
+    from search.storage import make_storage
+    from search.study import open_study
+
+    settings = SearchSettings(study_name="draws", n_trials=4, sampler="random")
+    storage = make_storage(f"sqlite:///{tmp_path}/study.db")
+    first = open_study(settings, storage, OBJECTIVES)
+    first.optimize(lambda t: [t.suggest_float("x", 0, 1), 0.0, 0.0], n_trials=2)
+    again = open_study(settings, storage, OBJECTIVES)
+    again.optimize(lambda t: [t.suggest_float("x", 0, 1), 0.0, 0.0], n_trials=2)
+    xs = [t.params["x"] for t in again.trials]
+    assert len(set(xs)) == 4, xs
