@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -110,7 +110,3 @@ def _train_head(model: nn.Module, train: torch.utils.data.Dataset, settings: Fin
     finally:
         for param in frozen:
             param.requires_grad_(True)
-
-
-def metrics_summary(metrics: Mapping[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))

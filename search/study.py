@@ -89,16 +89,15 @@ def check_objectives(study: optuna.Study, objectives: Sequence[Objective]) -> No
                                  f"{declared}; use another search.study_name or the evaluator settings it used")
 
 
-def results(study: optuna.Study) -> list[TrialResult]:
-    """Every completed trial's result, in trial order."""
+def results(study: optuna.Study, *, feasible_only: bool = False) -> list[TrialResult]:
+    """Every completed trial's result (or only those meeting the constraints), in trial order."""
     return [TrialResult.from_attrs(t.number, t.user_attrs["result"])
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "result" in t.user_attrs]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "result" in t.user_attrs and (feasible(t) or not feasible_only)]
 
 
 def feasible_results(study: optuna.Study) -> list[TrialResult]:
-    return [TrialResult.from_attrs(t.number, t.user_attrs["result"])
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if feasible(t) and "result" in t.user_attrs]
+    return results(study, feasible_only=True)
 
 
 def enqueue_references(study: optuna.Study, ctx: SearchContext, ratio: float) -> None:

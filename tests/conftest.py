@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinynet import TinyNet, tiny_net  # noqa: F401  (re-exported for tests)
 from zoo.data import idx_splits
 
 # Tiny models run faster on one thread, and parallel test runs on 2 cores do not thrash.

@@ -11,7 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import optuna
-import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
