@@ -49,7 +49,7 @@ def main() -> None:
     table = "\n".join(f"| {r['workers']} | {r['completed']} | {r['seconds']} | {r['trials_per_hour']} |" for r in rows)
     ratio = rows[1]["trials_per_hour"] / rows[0]["trials_per_hour"]
     (HERE / "results.md").write_text(
-        f"# Trials per hour, default demo, 1 vs 2 workers\n\nCommand: `.venv/bin/python {Path(__file__)}` "
+        f"# Trials per hour, default demo, 1 vs 2 workers\n\nCommand: `.venv/bin/python experiments/workers_throughput/run.py` "
         f"(each run: `autosqueeze search search.n_trials={TRIALS} search.workers=N tracking=none`)\n\n"
         f"| workers | completed trials | seconds (first start → last end) | trials/hour |\n|---|---|---|---|\n"
         f"{table}\n\n2 workers / 1 worker: **{ratio:.2f}x**\n\n## Machine\n{markdown()}\n")
