@@ -145,10 +145,16 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
         run_id = tracker.trial_run(parent_run, trial.number, {**plan.params(), **trial_params}) if tracker else None
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
+
+        def stage(name: str) -> None:
+            # kept on the trial so a dashboard (or a test) can see what a running trial is doing
+            trial.set_user_attr("stage", name)
+            if on_stage:
+                on_stage(trial.number, name)
+
         try:
             with time_limit(trial_timeout):
-                result = run_trial(ctx, plan, number=trial.number,
-                                   on_stage=(lambda s: on_stage(trial.number, s)) if on_stage else None)
+                result = run_trial(ctx, plan, number=trial.number, on_stage=stage)
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
             trial.set_user_attr("error", reason)

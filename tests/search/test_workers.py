@@ -39,7 +39,11 @@ def env() -> dict[str, str]:
 
 
 def kill_a_running_worker(storage: str, study_name: str, deadline: float) -> optuna.trial.FrozenTrial:
-    """SIGKILL the process running the first non-reference trial that is mid-flight."""
+    """SIGKILL the process running the first non-reference trial while it fine-tunes.
+
+    Waiting for the fine-tune stage leaves export, quantization and evaluation still to run,
+    so the trial cannot complete between the read and the kill.
+    """
     while time.time() < deadline:
         try:
             study = optuna.load_study(study_name=study_name, storage=storage)
@@ -47,10 +51,11 @@ def kill_a_running_worker(storage: str, study_name: str, deadline: float) -> opt
             time.sleep(0.5)
             continue
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number >= 1 and "mlflow_run_id" in trial.user_attrs and "worker" in trial.user_attrs:
-                os.kill(int(trial.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+            attrs = trial.user_attrs
+            if trial.number >= 1 and "mlflow_run_id" in attrs and attrs.get("stage") == "finetune":
+                os.kill(int(attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
                 return trial
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise AssertionError("no trial was seen running")
 
 
