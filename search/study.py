@@ -4,13 +4,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.budget import claim_slot, time_limit
+from search.sampler import SAMPLERS, make_sampler
 from search.trial import SearchContext, TrialResult, run_trial
 
 if TYPE_CHECKING:
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
     from search.tracking import Tracker
 
 log = logging.getLogger(__name__)
-SAMPLERS = ("nsga2", "tpe", "random")
 LOCAL_WORKER_ENV = "AUTOSQUEEZE_LOCAL_WORKER"  # set for the processes `search.workers=N` starts
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial, for logs and fault tests
 
@@ -53,32 +53,24 @@ def feasible(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.COMPLETE and all(v <= 0 for v in trial.user_attrs.get("constraints", [1.0]))
 
 
-def _constraints(trial: FrozenTrial) -> Sequence[float]:
-    return trial.user_attrs.get("constraints", [float("inf")])
-
-
-def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
-    if settings.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=settings.population_size, seed=settings.seed,
-                                             constraints_func=_constraints)
-    if settings.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=settings.seed, constraints_func=_constraints, multivariate=True)
-    return optuna.samplers.RandomSampler(seed=settings.seed)
-
-
 def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage,
                objectives: Sequence[Objective]) -> optuna.Study:
     """Create the study, or load it when one of that name exists; its objectives must match."""
     study = optuna.create_study(study_name=settings.study_name, storage=storage, load_if_exists=True,
-                                directions=[o.direction for o in objectives], sampler=make_sampler(settings))
+                                directions=[o.direction for o in objectives], sampler=_sampler(settings))
     # A resumed study, or a second worker, must not replay the first run's random draws.
     offset = len(study.get_trials(deepcopy=False)) + (os.getpid() if os.environ.get(LOCAL_WORKER_ENV) else 0)
     if offset:
-        study.sampler = make_sampler(replace(settings, seed=settings.seed + offset))
+        study.sampler = _sampler(settings, seed=settings.seed + offset)
     if study.user_attrs.get("objectives") is None:
         study.set_user_attr("objectives", [o.metric for o in objectives])
     check_objectives(study, objectives)
     return study
+
+
+def _sampler(settings: SearchSettings, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    return make_sampler(settings.sampler, seed=settings.seed if seed is None else seed,
+                        population_size=settings.population_size)
 
 
 def check_objectives(study: optuna.Study, objectives: Sequence[Objective]) -> None:
