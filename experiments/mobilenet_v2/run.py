@@ -13,6 +13,9 @@ measurement, one fine-tune recipe and one evaluator set (conf/experiment/mobilen
 
 ``random`` and ``autosqueeze`` get ``search.n_trials`` trials each. Studies resume: re-running the
 command finishes what is missing. The report (re-timing, tables, plot) is in ``report.py``.
+
+``--only METHOD`` runs one method's study and skips the report, so that methods can run side by
+side (one torch thread each); a final run without it resumes the finished studies and reports.
 """
 from __future__ import annotations
 
@@ -86,12 +89,23 @@ def completed_trials(job: Job) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
+def add_wall(path: Path, key: str, seconds: float, *, first_only: bool = False) -> float:
+    """Add to one entry of walls.json, re-read first: methods run side by side share the file.
+
+    A resumed study adds its new time; a finished one adds nothing.
+    """
+    walls = json.loads(path.read_text()) if path.is_file() else {}
+    walls[key] = walls[key] if first_only and key in walls else walls.get(key, 0.0) + seconds
+    path.write_text(json.dumps(walls, indent=2))
+    return walls[key]
+
+
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def main(overrides: list[str]) -> None:
+def main(overrides: list[str], only: str | None = None) -> None:
     torch.set_num_threads(1)  # beside other jobs on 2 cores, 2 torch threads ran ~5x slower per step
     cfg = load_config(["experiment=mobilenet_v2", *overrides])
     configure_logging(cfg)
@@ -103,19 +117,19 @@ def main(overrides: list[str]) -> None:
     setup_s = time.perf_counter() - start
     log.info("baseline: %s (setup %.0f s)", base["metrics"], setup_s)
     walls_path = root / "walls.json"
-    walls = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
-    setup_s = walls.setdefault("setup", setup_s)  # the first run's: it trained the baseline
-    for method in METHODS:
+    setup_s = add_wall(walls_path, "setup", setup_s, first_only=True)  # the first run's: it trained the baseline
+    for method in (only,) if only else METHODS:
         mjob = method_job(job, method, root)
         seed_study(mjob, method, base, space)
         log.info("=== %s: study %s, budget %d trials", method, mjob.search.study_name, mjob.search.n_trials)
         begin, before = time.perf_counter(), len(completed_trials(mjob))
         outcome = run_search(mjob)
-        if len(completed_trials(mjob)) > before:  # a resumed study adds up; a finished one adds nothing
-            walls[method] = walls.get(method, 0.0) + time.perf_counter() - begin
-        walls_path.write_text(json.dumps(walls, indent=2))
-        log.info("=== %s done in %.0f s: %d front members, hypervolume %.4f", method, walls[method],
-                 len(outcome.front), outcome.hypervolume)
+        added = time.perf_counter() - begin if len(completed_trials(mjob)) > before else 0.0
+        log.info("=== %s done in %.0f s: %d front members, hypervolume %.4f",
+                 method, add_wall(walls_path, method, added), len(outcome.front), outcome.hypervolume)
+    if only:
+        return
+    walls = json.loads(walls_path.read_text())
     from mobilenet_v2.layers import layer_kinds
     from mobilenet_v2.report import write_report
 
@@ -126,5 +140,15 @@ def main(overrides: list[str]) -> None:
     print(path.read_text())
 
 
+def parse_args(argv: list[str]) -> tuple[list[str], str | None]:
+    if "--only" not in argv:
+        return argv, None
+    at = argv.index("--only")
+    if at + 1 >= len(argv) or argv[at + 1] not in METHODS:
+        sys.exit(f"--only takes one of {', '.join(METHODS)}")
+    return argv[:at] + argv[at + 2:], argv[at + 1]
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    overrides, only = parse_args(sys.argv[1:])
+    main(overrides, only)
