@@ -15,10 +15,10 @@ log = logging.getLogger("autosqueeze")
 class Progress:
     """Logs ``trial 7 [4/20, 3 min left]: finetune`` as stages start, and a summary as trials end."""
 
-    def __init__(self, budget: int | None, timeout: float | None) -> None:
+    def __init__(self, budget: int | None, timeout: float | None, done: int = 0) -> None:
         self.budget, self.timeout = budget, timeout
         self.start = time.monotonic()
-        self.done = 0
+        self.done = done  # a resumed study starts from the trials it already holds
         self.front_size = 0
 
     def where(self) -> str:

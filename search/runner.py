@@ -188,9 +188,9 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
     enqueue_references(study, ctx, job.search.reference_ratio)
     limit = FailureLimit(job.search.max_failures)
     budget = job.search.n_trials
-    progress = Progress(budget, job.search.timeout)
-    callbacks = [limit, BudgetCallback(budget), FrontWatch(job.objectives, tracker, progress)]
     done = completed(study)
+    progress = Progress(budget, job.search.timeout, done)
+    callbacks = [limit, BudgetCallback(budget), FrontWatch(job.objectives, tracker, progress)]
     log.info("study %r: %d trials completed, budget %s", job.search.study_name, done, budget)
     ending = "complete"
     try:
