@@ -214,7 +214,8 @@ every front member of all three methods in one process, round-robin, ONNX Runtim
 batch 1, {WARMUP} warm-up + {RUNS} timed runs each, median; p90 and CV per model are in results.csv.
 Both hypervolumes use one reference point for all three methods (objectives / baseline; accuracy at
 0.95 x baseline, size and latency at 1.0 x baseline). "HV (search latency)" uses the latency each trial
-measured alone during its search; "HV (re-timed)" the interleaved re-timing of the same front members.
+measured during its search (beside whatever else ran then); "HV (re-timed)" the interleaved re-timing of the
+same front members.
 
 ## Targets
 
