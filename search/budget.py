@@ -53,6 +53,28 @@ def claim_slot(trial: optuna.Trial, budget: int | None, *, poll: float = 1.0) ->
         time.sleep(poll)
 
 
+class _Shield:
+    depth = 0
+    pending: TrialTimeout | None = None
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """A storage write inside a time-limited trial: a timeout that falls due waits until it is done.
+
+    Raised in the middle of a database commit, the timeout would surface as the storage's
+    own error and hide the reason the trial failed.
+    """
+    _Shield.depth += 1
+    try:
+        yield
+    finally:
+        _Shield.depth -= 1
+    if _Shield.depth == 0 and _Shield.pending is not None:
+        timeout, _Shield.pending = _Shield.pending, None
+        raise timeout
+
+
 @contextmanager
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise :class:`TrialTimeout` in the main thread after ``seconds``; no limit when None."""
@@ -61,7 +83,11 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         return
 
     def expire(signum: int, frame: object) -> None:
-        raise TrialTimeout(f"trial ran past search.trial_timeout={seconds:g} s")
+        timeout = TrialTimeout(f"trial ran past search.trial_timeout={seconds:g} s")
+        if _Shield.depth:
+            _Shield.pending = timeout
+            return
+        raise timeout
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -70,3 +96,4 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        _Shield.pending = None

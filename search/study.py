@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.budget import claim_slot, time_limit
+from search.budget import claim_slot, shielded, time_limit
 from search.sampler import SAMPLERS, make_sampler
 from search.trial import SearchContext, TrialResult, run_trial
 
@@ -140,7 +140,8 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
 
         def stage(name: str) -> None:
             # kept on the trial so a dashboard (or a test) can see what a running trial is doing
-            trial.set_user_attr("stage", name)
+            with shielded():
+                trial.set_user_attr("stage", name)
             if on_stage:
                 on_stage(trial.number, name)
 

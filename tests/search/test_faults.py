@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from search.cli import main
 from test_workers import env  # noqa: E402  (same environment for subprocess searches)
@@ -41,7 +42,7 @@ def trials(tmp: Path, name: str) -> list[optuna.trial.FrozenTrial]:
         return []
     try:
         return optuna.load_study(study_name=name, storage=f"sqlite:///{path}").get_trials(deepcopy=False)
-    except KeyError:
+    except (KeyError, SQLAlchemyError):  # the search is still creating the database or the study
         return []
 
 
