@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.budget import claim_slot, shielded, time_limit
-from search.sampler import SAMPLERS, make_sampler
+from search.sampler import SAMPLERS, constraint_violations, make_sampler
 from search.trial import SearchContext, TrialResult, run_trial
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class SearchSettings:
 
 
 def feasible(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.COMPLETE and all(v <= 0 for v in trial.user_attrs.get("constraints", [1.0]))
+    return trial.state == TrialState.COMPLETE and all(v <= 0 for v in constraint_violations(trial))
 
 
 def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage,
