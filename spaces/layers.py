@@ -1,7 +1,7 @@
 """Finding the layers a space can act on, and where they end up in the ONNX graph."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import onnx
 import torch
@@ -104,6 +104,46 @@ def onnx_layer_nodes(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str,
     if missing:
         raise PlanError(f"could not find ONNX nodes for layers {missing}; the graph names: {sorted(found)[:12]}")
     return {n: found[n] for n in layers}
+
+
+def onnx_node_layers(model: onnx.ModelProto) -> dict[str, frozenset[str]]:
+    """``{node name: the Conv/Gemm/MatMul node names it belongs to}`` for every other node.
+
+    An op belongs to the layer nodes nearest upstream of it, counted in ops (all of them on a
+    tie): a layer owns its activation, the residual Add its output feeds and the pooling after
+    it, but not a skip connection that arrives from an earlier layer. Ops ahead of the first
+    layer (input preprocessing) belong to the nearest layers they feed.
+    """
+    nodes = list(model.graph.node)
+    upstream = _nearest_layers(nodes, lambda n: n.input, lambda n: n.output)
+    downstream = _nearest_layers(nodes[::-1], lambda n: n.output, lambda n: n.input)
+    return {node.name: upstream.get(node.name) or downstream.get(node.name, frozenset())
+            for node in nodes if node.op_type not in ONNX_LAYER_OPS}
+
+
+def _nearest_layers(nodes: Sequence[onnx.NodeProto], sources: Callable[[onnx.NodeProto], Sequence[str]],
+                    sinks: Callable[[onnx.NodeProto], Sequence[str]]) -> dict[str, frozenset[str]]:
+    """Walk ``nodes`` in order along the tensors ``sources`` → ``sinks``: each node gets the layers
+    fewest ops away on its ``sources`` side. In topological order this is upstream, reversed downstream."""
+    reach: dict[str, tuple[int, frozenset[str]]] = {}  # tensor: (ops away, nearest layer nodes)
+    found: dict[str, frozenset[str]] = {}
+    for node in nodes:
+        hops, layers = _closest(reach.get(t) for t in sources(node))
+        found[node.name] = layers
+        mark = (0, frozenset({node.name})) if node.op_type in ONNX_LAYER_OPS else (hops + 1, layers)
+        if mark[1]:
+            for tensor in sinks(node):
+                reach[tensor] = _closest((reach.get(tensor), mark))
+    return found
+
+
+def _closest(candidates: Iterable[tuple[int, frozenset[str]] | None]) -> tuple[int, frozenset[str]]:
+    """The fewest hops among ``candidates`` and the union of the layers at that distance."""
+    present = [c for c in candidates if c is not None]
+    if not present:
+        return 0, frozenset()
+    hops = min(h for h, _ in present)
+    return hops, frozenset().union(*(layers for h, layers in present if h == hops))
 
 
 def resolve_members(groups: Mapping[str, Sequence[str]], names: Sequence[str]) -> set[str]:

@@ -14,7 +14,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 
 from spaces.base import PRECISIONS, PlanError, check_precision
-from spaces.layers import ONNX_LAYER_OPS, onnx_layer_nodes
+from spaces.layers import ONNX_LAYER_OPS, onnx_layer_nodes, onnx_node_layers
 
 if TYPE_CHECKING:
     import optuna
@@ -30,7 +30,11 @@ CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.
 
 @dataclass(frozen=True)
 class Precision:
-    """The storage/compute precision of one Conv/Gemm layer, sampled from ``choices``."""
+    """The storage/compute precision of one Conv/Gemm layer, sampled from ``choices``.
+
+    It covers the layer's node and the ops that belong to it (see :func:`quantize`): with
+    ``fp32``/``fp16`` all of them compute in fp32; with an integer precision they are quantized.
+    """
 
     name: str
     choices: tuple[str, ...] = ("fp32", "int8")
@@ -75,9 +79,14 @@ def quantize(fp32_path: Path, out_path: Path, precisions: Mapping[str, str], cal
              *, settings: QuantSettings = QuantSettings()) -> Path:
     """Write ``out_path``: the fp32 model with each layer at its planned precision.
 
-    fp32 layers are excluded from quantization; int16/int4 layers get a weight-type
-    override; fp16 layers keep fp32 compute but store their weights in half precision.
-    Layers missing from ``precisions`` stay fp32.
+    A layer's precision covers its Conv/Gemm/MatMul node and the ops that belong to it: those
+    between it and the next layers, counted from the nearest layer upstream (its activation,
+    the residual Add its output feeds, pooling; see :func:`onnx_node_layers`). For an fp32 layer
+    none of these is quantized and none reads a quantized copy of a float tensor, so they run
+    in fp32; the one quantized tensor they can read is the output of an integer layer, which
+    is integer by that layer's precision. int16/int4 layers get a weight-type override; fp16
+    layers compute like fp32 layers but store their weights in half precision. Layers missing
+    from ``precisions`` stay fp32 in the same way.
     """
     model = onnx.load(str(fp32_path))
     nodes = onnx_layer_nodes(model, list(precisions))
@@ -87,10 +96,7 @@ def quantize(fp32_path: Path, out_path: Path, precisions: Mapping[str, str], cal
         _store_half(model, [node.input[1] for node in half])
         onnx.save(model, str(out_path))
         return out_path
-    quantized_nodes = {nodes[n].name for n in integer}
-    # Everything not planned as an integer layer stays fp32, including ops outside the plan.
-    keep_fp32 = [node.name for node in model.graph.node
-                 if node.op_type in ONNX_LAYER_OPS and node.name not in quantized_nodes]
+    keep_fp32 = _fp32_nodes(model, {nodes[n].name for n in integer})
     overrides = {nodes[n].input[1]: [{"quant_type": WEIGHT_TYPES[p], **({"axis": 0} if settings.per_channel
                                                                          else {})}]
                  for n, p in integer.items() if p != "int8"}
@@ -110,16 +116,75 @@ def quantize(fp32_path: Path, out_path: Path, precisions: Mapping[str, str], cal
             weight_type=QuantType.QInt8,
             per_channel=settings.per_channel,
             calibrate_method=CALIBRATION[settings.calibration],
-            nodes_to_exclude=keep_fp32,
+            nodes_to_exclude=sorted(keep_fp32),
             extra_options={"TensorQuantOverrides": overrides} if overrides else {},
         )
     if source is not fp32_path:  # the opset-converted copy is an intermediate, not an artifact
         Path(source).unlink(missing_ok=True)
-    if half:
-        quantized = onnx.load(str(out_path))
-        _store_half(quantized, [node.input[1] for node in half])
-        onnx.save(quantized, str(out_path))
+    quantized = onnx.load(str(out_path))
+    _read_float_tensors(quantized, keep_fp32)
+    _store_half(quantized, [node.input[1] for node in half])
+    onnx.save(quantized, str(out_path))
     return out_path
+
+
+def _fp32_nodes(model: onnx.ModelProto, integer_layers: set[str]) -> set[str]:
+    """Layer nodes not planned as integer (ops outside the plan included) and the ops they own."""
+    layers = {node.name for node in model.graph.node
+              if node.op_type in ONNX_LAYER_OPS and node.name not in integer_layers}
+    # An op shared with an integer layer (a residual Add fed by both) goes with the fp32 one.
+    return layers | {name for name, owners in onnx_node_layers(model).items() if owners & layers}
+
+
+def _read_float_tensors(model: onnx.ModelProto, keep_fp32: set[str]) -> None:
+    """Point fp32 nodes back at the float tensors ORT quantized for an integer consumer.
+
+    ORT places one QuantizeLinear/DequantizeLinear pair on a tensor and hands the dequantized
+    copy to every consumer, excluded ones too. Only tensors that an fp32 node or the graph input
+    produced are restored: an integer node's output stays quantized, so ORT still fuses it.
+    """
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    float_sources = {graph_input.name for graph_input in graph.input}
+    float_sources |= {out for node in graph.node if node.name in keep_fp32 for out in node.output}
+    for node in graph.node:
+        if node.name not in keep_fp32:
+            continue
+        for i, tensor in enumerate(node.input):
+            original = _quantized_from(tensor, producer)
+            if original in float_sources:
+                node.input[i] = original
+    _drop_unused_qdq(model)
+
+
+def _quantized_from(tensor: str, producer: Mapping[str, onnx.NodeProto]) -> str | None:
+    """The float tensor behind a DequantizeLinear(QuantizeLinear(x)) pair, else None."""
+    dequantize = producer.get(tensor)
+    if dequantize is None or dequantize.op_type != "DequantizeLinear":
+        return None
+    quantize_node = producer.get(dequantize.input[0])
+    if quantize_node is None or quantize_node.op_type != "QuantizeLinear":
+        return None
+    return quantize_node.input[0]
+
+
+def _drop_unused_qdq(model: onnx.ModelProto) -> None:
+    """Remove Q/DQ nodes nothing reads any more, and the scales and zero points only they used."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    dropped_inputs: set[str] = set()
+    while True:
+        read = {t for node in graph.node for t in node.input} | outputs
+        dead = [node for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(out in read for out in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            dropped_inputs.update(node.input)
+            graph.node.remove(node)
+    unused = dropped_inputs - read
+    for init in [init for init in graph.initializer if init.name in unused]:
+        graph.initializer.remove(init)
 
 
 def _opset(model: onnx.ModelProto) -> int:

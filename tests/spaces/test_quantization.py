@@ -15,7 +15,7 @@ from onnx import TensorProto, numpy_helper
 from search.finetune import FinetuneSettings, finetune
 from search.onnx_export import export_onnx
 from spaces.base import PRECISIONS, PlanError
-from spaces.layers import layer_names
+from spaces.layers import layer_names, onnx_node_layers
 from spaces.quantization import ACTIVATION_TYPES, CALIBRATION, Precision, QuantSettings, quantize
 from tinynet import tiny_net
 
@@ -73,6 +73,18 @@ class Graph:
 
     def ops(self) -> Counter:
         return Counter(node.op_type for node in self.model.graph.node)
+
+    def source(self, node: str, index: int) -> str:
+        """The op producing input ``index`` of ``node``, or 'graph input' / 'initializer'."""
+        tensor = self.nodes[node].input[index]
+        if tensor in self.producer:
+            return self.producer[tensor].op_type
+        return "initializer" if tensor in self.inits else "graph input"
+
+    def quantized_outputs(self, node: str) -> list[str]:
+        """The outputs of ``node`` that a QuantizeLinear reads."""
+        return [out for out in self.nodes[node].output
+                if any(n.op_type == "QuantizeLinear" and out in n.input for n in self.model.graph.node)]
 
 
 def dtype(init: onnx.TensorProto) -> str:
@@ -133,6 +145,14 @@ def test_all_int8_dequantizes_every_weight_from_int8(fp32_path, small_splits, tm
     quantize_nodes = [n for n in graph.model.graph.node if n.op_type == "QuantizeLinear"]
     assert quantize_nodes
     assert {dtype(graph.inits[n.input[2]]) for n in quantize_nodes} == {"UINT8"}
+    # the ops between layers are quantized with them: every Relu folded into a QuantizeLinear,
+    # every residual Add on dequantized inputs with a quantized output, as U8S8 kernels need
+    assert "Relu" not in graph.ops()
+    adds = [name for name, node in graph.nodes.items() if node.op_type == "Add"]
+    assert len(adds) == 2
+    for add in adds:
+        assert [graph.source(add, i) for i in (0, 1)] == ["DequantizeLinear"] * 2, add
+        assert graph.quantized_outputs(add), add
     # no float copy of any layer weight is left in the file
     floats = {name for name, init in graph.inits.items() if dtype(init) == "FLOAT" and init.dims and len(init.dims) > 1}
     assert not floats
@@ -165,6 +185,46 @@ def test_fp32_layers_keep_float_weights_without_dequantize(fp32_path, small_spli
         else:
             assert op == "DequantizeLinear" and dtype(stored) == "INT8", name
     assert run(tmp_path / "model.onnx", small_splits.calib).shape == (len(small_splits.calib), 10)
+
+
+def test_ops_belong_to_the_nearest_layer_upstream(fp32_path):
+    owners = onnx_node_layers(onnx.load(str(fp32_path)))
+    layer = {name: frozenset({node}) for name, node in NODE_OF.items()}
+    assert owners["/stem/stem.2/Relu"] == layer["stem.0"]
+    assert owners["/layer1/Relu"] == layer["layer1.conv1"]
+    # the residual Add and its Relu go with the conv that feeds the Add, not the skip connection
+    assert owners["/layer1/Add"] == owners["/layer1/Relu_1"] == layer["layer1.conv2"]
+    assert owners["/down/down.2/Relu"] == layer["down.0"]
+    assert owners["/layer2/Add"] == owners["/ReduceMean"] == layer["layer2.conv2"]
+
+
+def test_fp32_layers_and_their_ops_compute_on_float_tensors(fp32_path, small_splits, tmp_path):
+    kept = {"layer1.conv2", "down.0", "layer2.conv2"}
+    precisions = {n: ("fp32" if n in kept else "int8") for n in LAYERS}
+    graph = Graph(quant(fp32_path, tmp_path, precisions, small_splits.calib))
+    fp32_ops = ["/layer1/Add", "/layer1/Relu_1", "/down/down.2/Relu", "/layer2/Add", "/layer2/Relu_1"]
+    assert set(fp32_ops) <= set(graph.nodes)  # not folded into a QuantizeLinear
+    for name in kept:
+        assert graph.weight_source(name)[0] == "initializer", name
+    float_inputs = [("/layer1/Add", 1), ("/layer1/Relu_1", 0), (NODE_OF["down.0"], 0), ("/down/down.2/Relu", 0),
+                    ("/layer2/Add", 0), ("/layer2/Add", 1), ("/layer2/Relu_1", 0)]
+    for node, index in float_inputs:
+        assert graph.source(node, index) not in ("DequantizeLinear", "QuantizeLinear"), (node, index)
+    for node in [NODE_OF[n] for n in kept] + ["/layer1/Add", "/layer1/Relu_1", "/layer2/Add", "/layer2/Relu_1"]:
+        assert not graph.quantized_outputs(node), node
+    # what an int8 layer outputs is uint8 by its own precision: an fp32 op reads it dequantized
+    for node, index in [("/layer1/Add", 0), (NODE_OF["layer1.conv2"], 0), (NODE_OF["layer2.conv2"], 0)]:
+        assert graph.source(node, index) == "DequantizeLinear", (node, index)
+    # the int8 neighbours are quantized as in an all-int8 plan: Relus folded, inputs dequantized
+    assert not {"/stem/stem.2/Relu", "/layer1/Relu", "/layer2/Relu"} & set(graph.nodes)
+    for name in set(LAYERS) - kept:
+        assert graph.source(NODE_OF[name], 0) == "DequantizeLinear", name
+    # down.0's Relu output feeds int8 layer2.conv1 quantized and the fp32 Add as it is
+    assert graph.quantized_outputs("/down/down.2/Relu")
+    onnx.checker.check_model(graph.model, full_check=True)
+    inputs = small_splits.calib
+    logits, reference = run(tmp_path / "model.onnx", inputs), run(fp32_path, inputs)
+    assert (logits.argmax(1) == reference.argmax(1)).mean() > 0.9
 
 
 def test_layers_missing_from_the_plan_stay_fp32(fp32_path, small_splits, tmp_path):
