@@ -21,6 +21,7 @@ class Accuracy:
     batch_size: int = 256
     threads: int = 2
     metrics: tuple[str, ...] = field(default=("accuracy",), init=False, repr=False)
+    not_in_fingerprint = ("threads",)  # local workers split the cores; the count changes no prediction
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -3,12 +3,17 @@
 One thread and sequential execution make the number reproducible and comparable
 across machines with different core counts; the median resists outliers, p90 and the
 coefficient of variation show how noisy the measurement was.
+
+On this kind of machine a model timed alone reads 2-4x apart from one minute to the
+next, so during a search every candidate is timed interleaved with the baseline file
+(:meth:`Latency.against`): the ratio of the two medians is what is compared across
+trials, and ``latency_ms`` is the baseline's reference median divided by that ratio.
 """
 from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -29,21 +34,47 @@ class Runnable(Protocol):
 
 @dataclass(frozen=True)
 class Latency:
-    """``latency_ms`` (median), ``latency_p90_ms`` and ``latency_cv`` of one model."""
+    """``latency_ms`` (median), ``latency_p90_ms`` and ``latency_cv`` of one model.
+
+    Paired with a ``reference`` file (see :meth:`against`), ``latency_ms`` and
+    ``latency_p90_ms`` are scaled to the reference's median ``reference_ms``, and the raw
+    medians of this run are kept as ``latency_raw_ms`` and ``baseline_raw_ms``.
+    """
 
     warmup: int = 10
     runs: int = 100
     threads: int = 1
-    metrics: tuple[str, ...] = field(default=("latency_ms", "latency_p90_ms", "latency_cv"),
-                                     init=False, repr=False)
+    reference: str | None = None
+    reference_ms: float | None = None
+    metrics: tuple[str, ...] = field(
+        default=("latency_ms", "latency_p90_ms", "latency_cv", "latency_raw_ms", "baseline_raw_ms"),
+        init=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_counts(self.warmup, self.runs)
         if self.threads < 1:
             raise ValueError(f"latency: threads must be >= 1, got {self.threads}")
+        if (self.reference is None) != (self.reference_ms is None):
+            raise ValueError("latency: reference and reference_ms go together")
+
+    def against(self, baseline_path: Path, baseline_metrics: dict[str, float]) -> Latency:
+        """This evaluator, timing every model interleaved with ``baseline_path``."""
+        return replace(self, reference=str(baseline_path), reference_ms=float(baseline_metrics["latency_ms"]))
 
     def measure(self, model_path: Path, data: EvalData) -> dict[str, float]:
-        return interleaved([model_path], data, warmup=self.warmup, runs=self.runs, threads=self.threads)[0]
+        if self.reference is None or self.reference_ms is None:
+            return interleaved([model_path], data, warmup=self.warmup, runs=self.runs, threads=self.threads)[0]
+        base, own = interleaved([Path(self.reference), model_path], data, warmup=self.warmup, runs=self.runs,
+                                threads=self.threads)
+        return paired(own, base, self.reference_ms)
+
+
+def paired(own: dict[str, float], base: dict[str, float], reference_ms: float) -> dict[str, float]:
+    """One model's timings against the baseline timed in the same run, scaled to ``reference_ms``."""
+    scale = reference_ms / base["latency_ms"]
+    return {"latency_ms": own["latency_ms"] * scale, "latency_p90_ms": own["latency_p90_ms"] * scale,
+            "latency_cv": own["latency_cv"], "latency_raw_ms": own["latency_ms"],
+            "baseline_raw_ms": base["latency_ms"]}
 
 
 def interleaved(paths: Sequence[Path], data: EvalData, *, warmup: int, runs: int,

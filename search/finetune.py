@@ -31,6 +31,7 @@ class FinetuneSettings:
     # (1 - distill) * cross-entropy + distill * T^2 * KL(teacher_T || student_T).
     distill: float = 0.0
     temperature: float = 4.0
+    not_in_fingerprint = ("log_every",)  # how often progress is logged changes no weight
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

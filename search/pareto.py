@@ -13,8 +13,12 @@ if TYPE_CHECKING:
     from evaluators.base import Objective
     from search.trial import TrialResult
 
-COLUMNS = ("trial", "accuracy", "accuracy_drop", "size_bytes", "compressed_bytes", "latency_ms",
-           "latency_p90_ms", "speedup", "size_ratio", "params", "macs")
+COLUMNS = ("trial", "accuracy", "accuracy_drop", "test_accuracy", "test_accuracy_drop", "size_bytes",
+           "compressed_bytes", "latency_ms", "latency_p90_ms", "latency_cv", "speedup", "search_speedup",
+           "size_ratio", "params", "macs")
+"""``accuracy`` is on the validation split the search selects on; ``test_*`` is only reported.
+``speedup`` is the re-timed ratio against the baseline (``search_speedup`` the in-search one)."""
+LEFT = "left the front when re-timed"
 
 
 def _losses(metrics: Sequence[Mapping[str, float]], objectives: Sequence[Objective]) -> np.ndarray:
@@ -55,19 +59,26 @@ def hypervolume(results: Sequence[TrialResult], objectives: Sequence[Objective],
     return float(compute_hypervolume(losses[inside], reference))
 
 
-def rows(results: Sequence[TrialResult]) -> list[dict[str, float | int | str]]:
+def rows(results: Sequence[TrialResult], left: Sequence[TrialResult] = ()) -> list[dict[str, float | int | str]]:
+    """One row per member, then one per trial in ``left`` (in-search members the re-timing pushed out)."""
     out = []
-    for r in results:
+    for r in (*results, *left):
         row: dict[str, float | int | str] = {"trial": r.number}
         row.update({c: r.metrics[c] for c in COLUMNS[1:] if c in r.metrics})
         row["sha256"] = r.sha256
+        row["status"] = LEFT if r in left else "front"
         out.append(row)
     return out
 
 
-def table(results: Sequence[TrialResult], baseline: Mapping[str, float]) -> str:
-    """A fixed-width text table of the front, with the baseline as the first line."""
-    header = f"{'trial':>8} {'acc %':>7} {'drop':>6} {'size KB':>9} {'zstd KB':>9} {'lat ms':>8} {'speedup':>8} {'smaller':>8}"
+def table(results: Sequence[TrialResult], baseline: Mapping[str, float], left: Sequence[TrialResult] = ()) -> str:
+    """A fixed-width text table of the front, with the baseline as the first line.
+
+    Accuracy and drop are on validation (what the search selected on), the test columns
+    only report; trials in ``left`` are listed after the front, marked with ``*``.
+    """
+    header = (f"{'trial':>8} {'val %':>7} {'drop':>6} {'test %':>7} {'drop':>6} {'size KB':>9} {'zstd KB':>9} "
+              f"{'lat ms':>8} {'speedup':>8} {'smaller':>8}")
     lines = [header, "-" * len(header)]
 
     def cell(m: Mapping[str, float], key: str, width: int, spec: str, scale: float = 1.0, unit: str = "") -> str:
@@ -75,22 +86,27 @@ def table(results: Sequence[TrialResult], baseline: Mapping[str, float]) -> str:
 
     def line(label: str, m: Mapping[str, float]) -> str:
         ratios = {"speedup": 1.0, "size_ratio": 1.0, **m} if m is baseline else m
-        return " ".join([f"{label:>8}", cell(m, "accuracy", 7, ".2f"), cell({"accuracy_drop": 0.0, **m},
-                         "accuracy_drop", 6, ".2f"), cell(m, "size_bytes", 9, ".1f", 1e3),
+        drops = {"accuracy_drop": 0.0, "test_accuracy_drop": 0.0, **m} if m is baseline else m
+        return " ".join([f"{label:>8}", cell(m, "accuracy", 7, ".2f"), cell(drops, "accuracy_drop", 6, ".2f"),
+                         cell(m, "test_accuracy", 7, ".2f"), cell(drops, "test_accuracy_drop", 6, ".2f"),
+                         cell(m, "size_bytes", 9, ".1f", 1e3),
                          cell(m, "compressed_bytes", 9, ".1f", 1e3), cell(m, "latency_ms", 8, ".3f"),
                          cell(ratios, "speedup", 8, ".2f", unit="x"), cell(ratios, "size_ratio", 8, ".2f", unit="x")])
 
     lines.append(line("baseline", baseline))
     lines += [line(str(r.number), r.metrics) for r in sorted(results, key=lambda r: r.metrics.get("size_bytes", 0))]
+    lines += [line(f"*{r.number}", r.metrics) for r in left]
+    if left:
+        lines.append(f"* {LEFT}")
     return "\n".join(lines)
 
 
 def write_front(results: Sequence[TrialResult], *, out_dir: Path, baseline: Mapping[str, float],
-                hv: float, objectives: Sequence[Objective]) -> tuple[Path, Path]:
+                hv: float, objectives: Sequence[Objective], left: Sequence[TrialResult] = ()) -> tuple[Path, Path]:
     """``front.csv`` (one row per member) and ``front.json`` (members, plans, baseline, hypervolume)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out_dir / "front.csv", out_dir / "front.json"
-    table_rows = rows(results)
+    table_rows = rows(results, left)
     fields = list(dict.fromkeys(k for row in table_rows for k in row)) or list(COLUMNS)
     with csv_path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
@@ -99,6 +115,8 @@ def write_front(results: Sequence[TrialResult], *, out_dir: Path, baseline: Mapp
     payload = {"objectives": [{"metric": o.metric, "direction": o.direction} for o in objectives],
                "hypervolume": hv, "baseline": dict(baseline),
                "front": [{"trial": r.number, "metrics": dict(r.metrics), "plan": r.plan.to_dict(),
-                          "model_path": r.model_path, "sha256": r.sha256} for r in results]}
+                          "model_path": r.model_path, "sha256": r.sha256} for r in results],
+               "left_when_retimed": [{"trial": r.number, "metrics": dict(r.metrics), "plan": r.plan.to_dict()}
+                                     for r in left]}
     json_path.write_text(json.dumps(payload, indent=2))
     return csv_path, json_path

@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 
 from evaluators.base import Objective
 from search import pareto
-from search.study import feasible
+from search.study import baseline_of, feasible, results as study_results
 from search.trial import TrialResult
 
 if TYPE_CHECKING:
@@ -55,8 +55,8 @@ class PlotData:
     @classmethod
     def from_study(cls, study: optuna.Study, objectives: Sequence[Objective]) -> PlotData:
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "result" in t.user_attrs]
-        results = [TrialResult.from_attrs(t.number, t.user_attrs["result"]) for t in done]
-        ok, baseline = frozenset(t.number for t in done if feasible(t)), study.user_attrs.get("baseline", {})
+        results = study_results(study)  # with the figures confirmed when the search ended
+        ok, baseline = frozenset(t.number for t in done if feasible(t)), baseline_of(study)
         order = [name.partition(".")[2] for name in (done[0].params if done else ()) if name.startswith("quant.")]
         return cls(results=results, feasible=ok, front=pareto.front([r for r in results if r.number in ok], objectives),
                    baseline=baseline, objectives=objectives, layers=layer_order(results, order),

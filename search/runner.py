@@ -16,13 +16,15 @@ import torch
 from evaluators.base import check_metrics
 from search import pareto
 from search.baseline import load_checkpoint, trained_baseline
+from search.confirm import ConfirmSettings, confirm, nearby
+from search.fingerprint import check_fingerprint, fingerprint
 from search.finetune import FinetuneSettings
 from search.onnx_export import export_onnx
 from search.plots import write_plots
 from search.progress import Progress
 from search.secrets import redact
 from search.storage import HeartbeatSettings, make_storage, storage_url
-from search.study import (LOCAL_WORKER_ENV, BudgetCallback, FailureLimit, SearchSettings, completed,
+from search.study import (LOCAL_WORKER_ENV, BudgetCallback, FailureLimit, SearchSettings, baseline_of, completed,
                           enqueue_references, feasible_results, objective_fn, open_study)
 from search.tracking import Tracker, TrackingSettings
 from search.trial import SearchContext, TrialResult, measure, sha256_of
@@ -60,7 +62,9 @@ class Job:
     tracking: TrackingSettings | None = field(default_factory=TrackingSettings)
     storage: str | None = None
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
     settings_params: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # the composed config, recorded on a new study
 
     @property
     def storage_url(self) -> str:
@@ -82,7 +86,7 @@ def preflight(job: Job) -> tuple[nn.Module, Space]:
     model = job.make_model()
     if job.checkpoint:
         load_checkpoint(model, job.checkpoint)
-    example = torch.from_numpy(job.data.eval.inputs[:1]).float()
+    example = torch.from_numpy(job.data.val.inputs[:1]).float()
     space = Space.build(model, example, prune_spec=job.prune, quant_spec=job.quant)
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(model, example, Path(tmp) / "check.onnx")
@@ -100,17 +104,34 @@ def prepare(job: Job, checked: tuple[nn.Module, Space] | None = None) -> tuple[n
 
 
 def build_context(job: Job, study: optuna.Study, prepared: tuple[nn.Module, Space] | None = None) -> SearchContext:
-    """The baseline, its metrics (measured once per study and shared) and the space."""
+    """The baseline, its metrics (measured once per study and shared) and the space.
+
+    The baseline file is exported on every machine that runs trials, so each worker times
+    its candidates against its own copy, never against a number another machine measured.
+    """
     model, space = prepared or prepare(job)
+    path = _baseline_file(model, space.example_input, _mkdir(job.run_dir / "baseline"))
     metrics = study.user_attrs.get("baseline")
     if metrics is None:
-        path = export_onnx(model, space.example_input, _mkdir(job.run_dir / "baseline") / "model.onnx")
-        metrics = measure(path, job.data, job.evaluators)
+        metrics = measure(path, job.data.val, job.evaluators)
         study.set_user_attr("baseline", metrics)
         study.set_user_attr("baseline_sha256", sha256_of(path))
-    return SearchContext(baseline=model, baseline_metrics=metrics, data=job.data, space=space,
-                         finetune=job.finetune, evaluators=job.evaluators, run_dir=job.run_dir,
-                         seed=job.search.seed)
+    return SearchContext(baseline=model, baseline_metrics=metrics, baseline_path=path, data=job.data,
+                         space=space, finetune=job.finetune, evaluators=paired(job.evaluators, path, metrics),
+                         run_dir=job.run_dir, seed=job.search.seed)
+
+
+def _baseline_file(model: nn.Module, example: torch.Tensor, folder: Path) -> Path:
+    """``folder/model.onnx``, replaced atomically: local workers may be timing the previous copy."""
+    path = folder / "model.onnx"
+    partial = export_onnx(model, example, folder / f".model-{os.getpid()}.onnx")
+    os.replace(partial, path)
+    return path
+
+
+def paired(evaluators: Sequence[Evaluator], baseline_path: Path, baseline: dict) -> list[Evaluator]:
+    """Evaluators that compare with the baseline file (latency) get it; the others stay as they are."""
+    return [e.against(baseline_path, baseline) if hasattr(e, "against") else e for e in evaluators]
 
 
 def _mark_killed(tracker: Tracker | None) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None:
@@ -158,6 +179,8 @@ class SearchOutcome:
     files: tuple[Path, ...]
     ending: str = "complete"
     """``complete`` (budget or time reached), ``interrupted`` (Ctrl-C) or ``failures`` (max_failures in a row)."""
+    left: tuple[TrialResult, ...] = ()
+    """In-search front members that the re-timing at the end pushed off the front."""
 
     @property
     def exit_code(self) -> int:
@@ -177,6 +200,10 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
     storage = make_storage(job.storage_url, job.heartbeat, on_stale=_mark_killed(tracker))
     prepared = prepare(job, checked)
     study = open_study(job.search, storage, job.objectives)
+    if job.config and "config" not in study.user_attrs:
+        study.set_user_attr("config", job.config)
+    check_fingerprint(study, fingerprint(data=job.data, baseline=prepared[0], constraints=job.constraints,
+                                         evaluators=job.evaluators, finetune=job.finetune))
     ctx = build_context(job, study, prepared)
     parent = None
     if tracker:
@@ -208,7 +235,7 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
         ending = "failures"
         log.error("stopped after %d consecutive failed trials (search.max_failures); last error: %s",
                   limit.streak, limit.last_error)
-    return finish(job, study, ctx.baseline_metrics, tracker, parent, ending=ending)
+    return finish(job, study, ctx, tracker, parent, ending=ending)
 
 
 def run_workers(command: Sequence[str], count: int) -> None:
@@ -233,23 +260,40 @@ def run_workers(command: Sequence[str], count: int) -> None:
         log.warning("%d of %d workers exited with an error (codes %s)", len(failed), count, failed)
 
 
-def finish(job: Job, study: optuna.Study, baseline: dict, tracker: Tracker | None, parent: str | None, *,
+def finish(job: Job, study: optuna.Study, ctx: SearchContext, tracker: Tracker | None, parent: str | None, *,
            ending: str = "complete") -> SearchOutcome:
-    """Front, hypervolume, files and final MLflow logging from whatever the study holds now."""
-    members = pareto.front(feasible_results(study), job.objectives)
+    """Re-time the front, then write the front, hypervolume, files and final MLflow logging.
+
+    An interrupted search skips the re-timing (the user asked it to stop); local workers
+    leave it to the process that started them.
+    """
+    searched = pareto.front(feasible_results(study, as_searched=True), job.objectives)
+    record = None
+    if ending != "interrupted" and not os.environ.get(LOCAL_WORKER_ENV):
+        near = nearby(feasible_results(study, as_searched=True), job.objectives, job.confirm.near)
+        record = confirm(study, ctx, near, job.confirm)
+    feasible = feasible_results(study)
+    members = pareto.front(feasible, job.objectives)
+    kept = {m.number for m in members}
+    left = [r for r in feasible if r.number in {s.number for s in searched} - kept]
+    baseline = baseline_of(study)
     hv = pareto.hypervolume(members, job.objectives, baseline)
-    files = pareto.write_front(members, out_dir=job.run_dir, baseline=baseline, hv=hv, objectives=job.objectives)
+    files = pareto.write_front(members, out_dir=job.run_dir, baseline=baseline, hv=hv, objectives=job.objectives,
+                               left=left)
     files = (*files, *write_plots(study, job.objectives, job.run_dir / "plots"))
     if tracker and parent:
+        run_ids = {t.number: t.user_attrs.get("mlflow_run_id") for t in study.trials}
+        for number, figures in (record or {}).get("trials", {}).items():
+            if run_ids.get(int(number)):
+                tracker.log_confirmed(run_ids[int(number)], figures)
         tracker.log_front(parent, {"hypervolume": hv, "front_size": len(members),
                                    "n_trials": len(study.trials)})
         for path in files:
             tracker.log_artifact(parent, str(path))
         if job.tracking and job.tracking.log_front_models:
-            run_ids = {t.number: t.user_attrs.get("mlflow_run_id") for t in study.trials}
             for member in members:
                 if run_ids.get(member.number) and Path(member.model_path).is_file():
                     tracker.log_artifact(run_ids[member.number], member.model_path, "model")
         tracker.end_study(parent, status={"complete": "FINISHED", "interrupted": "KILLED"}.get(ending, "FAILED"))
-    return SearchOutcome(study=study, front=members, baseline=baseline, hypervolume=hv, files=files, ending=ending)
-
+    return SearchOutcome(study=study, front=members, baseline=baseline, hypervolume=hv, files=files, ending=ending,
+                         left=tuple(left))

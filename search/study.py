@@ -81,15 +81,25 @@ def check_objectives(study: optuna.Study, objectives: Sequence[Objective]) -> No
                                  f"{declared}; use another search.study_name or the evaluator settings it used")
 
 
-def results(study: optuna.Study, *, feasible_only: bool = False) -> list[TrialResult]:
-    """Every completed trial's result (or only those meeting the constraints), in trial order."""
-    return [TrialResult.from_attrs(t.number, t.user_attrs["result"])
+def results(study: optuna.Study, *, feasible_only: bool = False, as_searched: bool = False) -> list[TrialResult]:
+    """Every completed trial's result (or only those meeting the constraints), in trial order.
+
+    Figures measured when the search ended (``search.confirm``) replace the in-search ones,
+    unless ``as_searched``.
+    """
+    confirmed = {} if as_searched else study.user_attrs.get("confirmed", {}).get("trials", {})
+    return [TrialResult.from_attrs(t.number, t.user_attrs["result"]).confirmed(confirmed.get(str(t.number)))
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if "result" in t.user_attrs and (feasible(t) or not feasible_only)]
 
 
-def feasible_results(study: optuna.Study) -> list[TrialResult]:
-    return results(study, feasible_only=True)
+def feasible_results(study: optuna.Study, *, as_searched: bool = False) -> list[TrialResult]:
+    return results(study, feasible_only=True, as_searched=as_searched)
+
+
+def baseline_of(study: optuna.Study) -> dict[str, float]:
+    """The baseline's metrics on validation, with its test accuracy once the search has measured it."""
+    return {**study.user_attrs.get("baseline", {}), **study.user_attrs.get("confirmed", {}).get("baseline", {})}
 
 
 def enqueue_references(study: optuna.Study, ctx: SearchContext, ratio: float) -> None:

@@ -111,6 +111,12 @@ class Tracker:
         return True
 
     @guarded
+    def log_confirmed(self, run_id: str, figures: Mapping[str, float]) -> None:
+        """The end-of-search figures as step 1 of the same metrics, so the UI shows them as the latest values."""
+        self._log(run_id, metrics=[Metric(k, float(v), _now(), 1) for k, v in figures.items()],
+                  tags={"retimed": "true"})
+
+    @guarded
     def fail_trial(self, run_id: str, reason: str, *, status: str = "FAILED") -> bool:
         self._log(run_id, tags={"state": "FAIL", "feasible": "false", "pareto": "false",
                                 "error": reason[:4000]})

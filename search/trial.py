@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
@@ -16,11 +16,13 @@ from spaces.quantization import quantize
 if TYPE_CHECKING:
     from torch import nn
 
-    from evaluators.base import Evaluator
+    from evaluators.base import EvalData, Evaluator
     from spaces.space import Space
     from zoo.data import DataSplits
 
 STAGES = ("prune", "finetune", "export", "quantize", "evaluate")
+RETIMED = ("latency_ms", "latency_p90_ms", "latency_cv", "speedup")
+"""Metrics the end of a search measures again, with more runs; the in-search values stay as ``search_*``."""
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,11 @@ class SearchContext:
 
     baseline: nn.Module
     baseline_metrics: Mapping[str, float]
+    baseline_path: Path
     data: DataSplits
     space: Space
     finetune: FinetuneSettings
-    evaluators: Sequence[Evaluator]
+    evaluators: Sequence[Evaluator]   # latency paired with ``baseline_path``
     run_dir: Path
     seed: int = 0
 
@@ -48,6 +51,13 @@ class TrialResult:
     model_path: str
     sha256: str
     curve: Sequence[tuple[int, float, float]] = field(default_factory=tuple)
+
+    def confirmed(self, figures: Mapping[str, float] | None) -> TrialResult:
+        """This result with the figures measured after the search; the in-search ones stay as ``search_*``."""
+        if not figures:
+            return self
+        kept = {f"search_{k}": v for k, v in self.metrics.items() if k in figures and k in RETIMED}
+        return replace(self, metrics={**self.metrics, **kept, **figures})
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-able form stored in the Optuna trial's user attributes."""
@@ -65,11 +75,11 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def measure(model_path: Path, data: DataSplits, evaluators: Sequence[Evaluator]) -> dict[str, float]:
-    """Run every evaluator on the ONNX file; a metric measured twice is a config error."""
+def measure(model_path: Path, split: EvalData, evaluators: Sequence[Evaluator]) -> dict[str, float]:
+    """Run every evaluator on the ONNX file over ``split``; a metric measured twice is a config error."""
     metrics: dict[str, float] = {}
     for evaluator in evaluators:
-        for name, value in evaluator.measure(Path(model_path), data.eval).items():
+        for name, value in evaluator.measure(Path(model_path), split).items():
             if name in metrics:
                 raise ValueError(f"metric {name!r} is reported by two evaluators")
             metrics[name] = float(value)
@@ -127,7 +137,7 @@ def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable
         model_path = quantize(fp32_path, out_dir / "model.onnx", ctx.space.precisions(plan), ctx.data.calib,
                               settings=ctx.space.quant_spec.settings)
     with clock.stage("evaluate"):
-        metrics = measure(model_path, ctx.data, ctx.evaluators)
+        metrics = measure(model_path, ctx.data.val, ctx.evaluators)
         metrics.update(relative(metrics, ctx.baseline_metrics))
     clock.timings["total"] = round(sum(clock.timings.values()), 4)
     return TrialResult(number=number, plan=plan, metrics=metrics, timings=clock.timings,

@@ -21,7 +21,7 @@ from zoo.idx import read_idx, write_idx
 from zoo.preprocess import LazyImageDataset, Preprocess
 
 __all__ = [
-    "DEFAULT_ROOT", "IDX_FILES", "DataSplits", "coerce_splits", "find_idx_files", "idx_splits",
+    "DEFAULT_ROOT", "IDX_FILES", "VAL_FRACTION", "DataSplits", "carve", "coerce_splits", "find_idx_files", "idx_splits",
     "load_idx_arrays", "read_idx", "write_idx",
 ]
 
@@ -34,6 +34,9 @@ IDX_FILES = {
 }
 """The four MNIST-format files a root must hold, each raw or with ``.gz`` appended."""
 
+VAL_FRACTION = 0.1
+"""Share of the training data held out as the validation split when a source gives none."""
+
 EAGER_LIMIT_BYTES = 256 * 2**20
 """Training sets whose float32 copy would exceed this stay uint8 and are transformed per item."""
 
@@ -43,20 +46,28 @@ class DataSplits:
     """Everything a search needs from a data source.
 
     ``train`` fine-tunes pruned models, ``calib`` calibrates ONNX Runtime static
-    quantization, ``eval`` is the held-out split every trial is scored on, and
-    ``preprocessing`` records how raw images became these tensors.
+    quantization, ``val`` is what every trial is scored and selected on, ``test`` is
+    touched only to report the chosen models (a front picked as the best of many draws on
+    one split overstates its accuracy there), and ``preprocessing`` records how raw
+    images became these tensors.
     """
 
     train: Dataset                       # yields (float32 CHW tensor, int64 label)
     calib: np.ndarray                    # float32 NCHW, for ONNX Runtime calibration
-    eval: EvalData                       # float32 NCHW inputs + int64 labels (held-out test split)
+    val: EvalData                        # held out from training; the search selects on it
+    test: EvalData                       # the held-out test split; only reported
     num_classes: int
     preprocessing: dict                  # JSON-able description of the transform
+
+    def __post_init__(self) -> None:
+        if self.val.input_shape != self.test.input_shape:
+            raise ValueError(f"data: val samples have shape {self.val.input_shape} but test samples have "
+                             f"{self.test.input_shape}; all splits must be preprocessed alike")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample, without the batch axis."""
-        return self.eval.input_shape
+        return self.test.input_shape
 
 
 def find_idx_files(root: str | Path) -> dict[str, Path]:
@@ -121,17 +132,20 @@ def _load_cached(key: tuple[tuple[str, int, int], ...], root: str) -> dict[str, 
 
 def idx_splits(*, root: str = DEFAULT_ROOT, image_size: int | None = None, channels: int = 1,
                train_limit: int | None = None, eval_limit: int | None = None, calib_size: int = 256,
-               seed: int = 0, mean: tuple[float, ...] | None = None,
+               val_fraction: float = VAL_FRACTION, seed: int = 0, mean: tuple[float, ...] | None = None,
                std: tuple[float, ...] | None = None) -> DataSplits:
-    """Train / calib / eval splits from MNIST-format files (Fashion-MNIST by default).
+    """Train / calib / val / test splits from MNIST-format files (Fashion-MNIST by default).
 
-    ``train_limit`` / ``eval_limit`` keep a seeded random subset (for tests and quick
-    runs); ``calib`` is ``calib_size`` images drawn, seeded, from that training set.
+    ``val`` is a seeded ``val_fraction`` of the training file, carved before
+    ``train_limit`` applies, so the validation images never change with the training
+    budget and are never trained on. ``train_limit`` keeps a seeded subset of the rest;
+    ``eval_limit`` keeps a seeded subset of each held-out split (val and test), for tests
+    and quick runs. ``calib`` is ``calib_size`` images drawn, seeded, from the training set.
     Pixels are scaled to [0, 1], resized to ``image_size`` if given, repeated to
     ``channels`` and normalised with ``mean`` / ``std`` (defaults: Fashion-MNIST
     statistics for 1 channel, ImageNet's for 3).
 
-    The eval split is always held as one float32 array (10k images at 3x64x64 is about
+    The held-out splits are always held as float32 arrays (10k images at 3x64x64 is about
     0.5 GB); for large ``image_size`` set ``eval_limit``. A training set whose float32
     copy would pass 256 MiB stays uint8 and is transformed per item instead.
     """
@@ -142,7 +156,9 @@ def idx_splits(*, root: str = DEFAULT_ROOT, image_size: int | None = None, chann
     if calib_size < 1:
         raise ValueError(f"data.calib_size={calib_size!r}; allowed: a positive int")
     arrays = load_idx_arrays(root)
-    train_idx = _subset(len(arrays["train_images"]), train_limit, seed, stream=0)
+    pool, held = carve(len(arrays["train_images"]), val_fraction, seed)
+    train_idx = pool[_subset(len(pool), train_limit, seed, stream=0)]
+    val_idx = held[_subset(len(held), eval_limit, seed, stream=3)]
     eval_idx = _subset(len(arrays["test_images"]), eval_limit, seed, stream=1)
     train_x = torch.from_numpy(arrays["train_images"][train_idx])
     train_y = torch.from_numpy(arrays["train_labels"][train_idx])
@@ -162,10 +178,27 @@ def idx_splits(*, root: str = DEFAULT_ROOT, image_size: int | None = None, chann
     return DataSplits(
         train=train,
         calib=calib,
-        eval=EvalData(inputs=preprocess.apply_chunked(test_x), labels=test_y),
+        val=EvalData(inputs=preprocess.apply_chunked(torch.from_numpy(arrays["train_images"][val_idx])),
+                     labels=arrays["train_labels"][val_idx]),
+        test=EvalData(inputs=preprocess.apply_chunked(test_x), labels=test_y),
         num_classes=num_classes,
         preprocessing=preprocess.describe(),
     )
+
+
+def carve(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices ``(rest, held)`` of a seeded ``fraction`` of ``range(n)`` held out for validation.
+
+    The same ``n``, ``fraction`` and ``seed`` always hold out the same samples, on any machine.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"data.val_fraction={fraction!r}; allowed: a fraction strictly between 0 and 1")
+    count = min(n - 1, max(1, round(n * fraction)))
+    if count < 1:
+        raise ValueError(f"data: {n} training samples are too few to hold out a validation split")
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng([seed, 4]).choice(n, size=count, replace=False)] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 def _subset(n: int, limit: int | None, seed: int, *, stream: int) -> np.ndarray:
@@ -175,13 +208,16 @@ def _subset(n: int, limit: int | None, seed: int, *, stream: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, stream]).choice(n, size=limit, replace=False))
 
 
-def coerce_splits(obj: Any, *, num_classes: int | None = None) -> DataSplits:
+def coerce_splits(obj: Any, *, num_classes: int | None = None, val_fraction: float = VAL_FRACTION,
+                  seed: int = 0) -> DataSplits:
     """Bring what a user's data factory returned to a :class:`DataSplits`.
 
-    Accepts a DataSplits, or a mapping / 3-tuple of ``train``, ``calib``, ``eval``,
-    each a torch Dataset or an ``(x, y)`` array pair (``calib`` may be just ``x``).
+    Accepts a DataSplits, or a mapping / 3-tuple of ``train``, ``calib``, ``eval``
+    (the test split; ``test`` is the same key's other name) and optionally ``val``, each
+    a torch Dataset or an ``(x, y)`` array pair (``calib`` may be just ``x``). Without
+    ``val``, a seeded ``val_fraction`` of ``train`` is held out for validation.
     The work is in ``zoo.splits``, imported here lazily because it builds on this module.
     """
     from zoo.splits import coerce_splits as _coerce
 
-    return _coerce(obj, num_classes=num_classes)
+    return _coerce(obj, num_classes=num_classes, val_fraction=val_fraction, seed=seed)

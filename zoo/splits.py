@@ -11,19 +11,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
 from evaluators.base import EvalData
-from zoo.data import DataSplits
+from zoo.data import VAL_FRACTION, DataSplits, carve
 
 ALLOWED = (
-    "a DataSplits, or a mapping / 3-tuple with train, calib, eval; each given as a torch Dataset "
-    "yielding (x, label) or as an (x, y) pair of numpy arrays (calib may also be just x)"
+    "a DataSplits, or a mapping with train, calib, eval (or test) and optionally val, or a 3-tuple "
+    "(train, calib, eval); each given as a torch Dataset yielding (x, label) or as an (x, y) pair of "
+    "numpy arrays (calib may also be just x)"
 )
+KEYS = ("train", "calib", "eval", "test", "val", "num_classes", "preprocessing")
 _ARRAY_TYPES = (np.ndarray, torch.Tensor)
 
 
-def coerce_splits(obj: Any, *, num_classes: int | None = None) -> DataSplits:
+def coerce_splits(obj: Any, *, num_classes: int | None = None, val_fraction: float = VAL_FRACTION,
+                  seed: int = 0) -> DataSplits:
     """See :func:`zoo.data.coerce_splits`."""
     if isinstance(obj, DataSplits):
         if num_classes is not None and obj.num_classes != num_classes:
@@ -32,43 +35,65 @@ def coerce_splits(obj: Any, *, num_classes: int | None = None) -> DataSplits:
     parts, preprocessing = _parts(obj)
     train = _train_dataset(parts["train"])
     calib = _inputs_only(parts["calib"])
-    ev_x, ev_y = _pair(parts["eval"], "eval")
-    if ev_y is None:
-        raise ValueError("data eval: labels are required; give (x, y) or a Dataset yielding (x, label)")
-    evaluation = EvalData(inputs=ev_x, labels=ev_y)
+    test = _labelled(parts["test"], "eval")
+    if "val" in parts:
+        val = _labelled(parts["val"], "val")
+    else:
+        train, val = _hold_out(train, val_fraction, seed)
 
     sample_shape = tuple(_as_numpy(train[0][0]).shape)
-    for name, shape in (("train", sample_shape), ("calib", calib.shape[1:])):
-        if tuple(shape) != evaluation.input_shape:
+    for name, shape in (("train", sample_shape), ("calib", calib.shape[1:]), ("val", val.input_shape)):
+        if tuple(shape) != test.input_shape:
             raise ValueError(f"data {name}: samples have shape {tuple(shape)} but eval samples have "
-                             f"{evaluation.input_shape}; all splits must be preprocessed alike")
-    seen = int(evaluation.labels.max()) + 1
+                             f"{test.input_shape}; all splits must be preprocessed alike")
+    seen = int(max(test.labels.max(), val.labels.max())) + 1
     if isinstance(train, TensorDataset) and len(train.tensors) > 1:
         seen = max(seen, int(train.tensors[1].max()) + 1)
     if num_classes is None:
         num_classes = int(parts.get("num_classes") or seen)
     if seen > num_classes:
         raise ValueError(f"data labels go up to {seen - 1} but num_classes={num_classes}")
-    return DataSplits(train=train, calib=calib, eval=evaluation, num_classes=int(num_classes),
+    return DataSplits(train=train, calib=calib, val=val, test=test, num_classes=int(num_classes),
                       preprocessing=dict(preprocessing))
 
 
+def _hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, EvalData]:
+    """A seeded ``fraction`` of ``train`` becomes the validation split; training keeps the rest."""
+    rest, held = carve(len(train), fraction, seed)  # type: ignore[arg-type]
+    if isinstance(train, TensorDataset):  # arrays: slice them, no per-item copies
+        rest_t, held_t = torch.from_numpy(rest), torch.from_numpy(held)
+        return (TensorDataset(*(t[rest_t] for t in train.tensors)),
+                _labelled(tuple(t[held_t] for t in train.tensors[:2]), "val (held out of train)"))
+    return Subset(train, rest.tolist()), _labelled(Subset(train, held.tolist()), "val (held out of train)")
+
+
+def _labelled(value: Any, name: str) -> EvalData:
+    x, y = _pair(value, name)
+    if y is None:
+        raise ValueError(f"data {name}: labels are required; give (x, y) or a Dataset yielding (x, label)")
+    return EvalData(inputs=x, labels=y)
+
+
 def _parts(obj: Any) -> tuple[dict[str, Any], Mapping[str, Any]]:
-    """Split the container into its named parts, checking that train, calib and eval are there."""
+    """Split the container into its named parts (``eval`` read as ``test``), checking the required ones."""
     if isinstance(obj, Mapping):
-        missing = [k for k in ("train", "calib", "eval") if k not in obj]
+        if "eval" in obj and "test" in obj:
+            raise ValueError("data factory returned both eval and test; they name the same split, give one")
+        missing = [k for k in ("train", "calib") if k not in obj]
+        missing += [] if ("eval" in obj or "test" in obj) else ["eval (or test)"]
         if missing:
             raise ValueError(f"data factory returned a mapping without {', '.join(missing)}; expected {ALLOWED}")
-        extra = set(obj) - {"train", "calib", "eval", "num_classes", "preprocessing"}
+        extra = set(obj) - set(KEYS)
         if extra:
-            raise ValueError(f"data factory returned unknown keys {sorted(extra)}; allowed: train, calib, eval, "
-                             "num_classes, preprocessing")
+            raise ValueError(f"data factory returned unknown keys {sorted(extra)}; allowed: {', '.join(KEYS)}")
         preprocessing = obj.get("preprocessing") or {}
         if not isinstance(preprocessing, Mapping):
             raise TypeError(f"data preprocessing must be a dict, got {type(preprocessing).__name__}")
-        return dict(obj), preprocessing
+        parts = dict(obj)
+        parts["test"] = parts.pop("eval", parts.get("test"))
+        return parts, preprocessing
     if isinstance(obj, (tuple, list)) and len(obj) == 3:
-        return {"train": obj[0], "calib": obj[1], "eval": obj[2]}, {}
+        return {"train": obj[0], "calib": obj[1], "test": obj[2]}, {}
     raise TypeError(f"data factory returned {type(obj).__name__}; expected {ALLOWED}")
 
 

@@ -28,7 +28,7 @@ def test_default_config_builds_a_complete_job():
     assert job.storage_url.endswith("outputs/autosqueeze/study.db")
     model = job.make_model()
     assert 100_000 < sum(p.numel() for p in model.parameters()) < 1_000_000
-    assert job.data.input_shape == (1, 28, 28) and len(job.data.eval.labels) == 100
+    assert job.data.input_shape == (1, 28, 28) and len(job.data.test.labels) == 100
 
 
 @pytest.mark.parametrize("name", options("model"))
@@ -49,7 +49,7 @@ def test_every_data_option_composes(name):
     from search.cli import data_splits
 
     splits = data_splits(cfg)
-    assert len(splits.eval.labels) == 20 and splits.calib.shape[0] == 8
+    assert len(splits.test.labels) == 20 and splits.calib.shape[0] == 8
 
 
 @pytest.mark.parametrize("group", ["space", "search", "evaluator", "tracking", "export"])

@@ -10,6 +10,7 @@ from evaluators import EvalData, Latency, interleaved
 from evaluators.latency import summarize, time_runs
 
 KEYS = {"latency_ms", "latency_p90_ms", "latency_cv"}
+PAIRED = KEYS | {"latency_raw_ms", "baseline_raw_ms"}
 
 
 def check(result: dict[str, float]) -> None:
@@ -21,8 +22,19 @@ def check(result: dict[str, float]) -> None:
 @pytest.mark.parametrize("kind", ["fp32", "qdq"])
 def test_measure(models: dict[str, Path], data: EvalData, kind: str) -> None:
     latency = Latency(warmup=2, runs=5)
-    assert set(latency.metrics) == KEYS
+    assert set(latency.metrics) == PAIRED
     check(latency.measure(models[kind], data))
+
+
+def test_paired_with_a_reference_reports_the_ratio_scaled_to_the_reference(models: dict[str, Path],
+                                                                            data: EvalData) -> None:
+    paired = Latency(warmup=2, runs=5).against(models["fp32"], {"latency_ms": 7.0})
+    got = paired.measure(models["qdq"], data)
+    assert set(got) == PAIRED
+    # latency is the reference median divided by the ratio of the two medians timed together
+    assert got["latency_ms"] == pytest.approx(7.0 * got["latency_raw_ms"] / got["baseline_raw_ms"])
+    with pytest.raises(ValueError, match="reference and reference_ms"):
+        Latency(reference="x.onnx")
 
 
 def test_interleaved(models: dict[str, Path], data: EvalData) -> None:

@@ -35,6 +35,19 @@ def numbers(results) -> list[int]:
 # --- front -----------------------------------------------------------------------------------
 
 
+def test_members_that_left_the_front_when_re_timed_are_marked_not_dropped(tmp_path):
+    kept, left = result(1, 89.5, 300.0), result(2, 89.0, 200.0, test_accuracy=88.1, test_accuracy_drop=1.2)
+    text = table([kept], BASELINE, [left])
+    assert "*2" in text.splitlines()[-2] and "left the front when re-timed" in text.splitlines()[-1]
+    assert "88.10" in text and "test %" in text.splitlines()[0]
+    csv_path, json_path = write_front([kept], out_dir=tmp_path, baseline=BASELINE, hv=0.1, objectives=[ACC, SIZE],
+                                      left=[left])
+    with csv_path.open() as handle:
+        assert [(r["trial"], r["status"]) for r in csv.DictReader(handle)] == [
+            ("1", "front"), ("2", "left the front when re-timed")]
+    assert [m["trial"] for m in json.loads(json_path.read_text())["left_when_retimed"]] == [2]
+
+
 def test_front_removes_dominated_results_in_trial_order():
     results = [
         result(0, 90.0, 1000.0),   # baseline-like
@@ -150,22 +163,22 @@ def test_hypervolume_of_nothing_is_zero():
 def test_table_has_baseline_first_and_trials_by_size():
     results = [result(12, 88.0, 600.0), result(3, 85.5, 200.0)]
     lines = table(results, BASELINE).splitlines()
-    assert lines[0].split()[:3] == ["trial", "acc", "%"]
+    assert lines[0].split()[:5] == ["trial", "val", "%", "drop", "test"]  # provenance in the header
     assert set(lines[1]) == {"-"}
     assert lines[2].split()[0] == "baseline"
     assert "90.00" in lines[2] and "1.0" in lines[2]
     assert [line.split()[0] for line in lines[3:]] == ["3", "12"]  # smallest first
     trial3 = lines[3].split()
-    assert trial3[1] == "85.50" and trial3[2] == "4.50" and trial3[3] == "0.2"
+    assert trial3[1:5] == ["85.50", "4.50", "-", "-"] and trial3[5] == "0.2"  # no test figure yet
     assert trial3[-1] == "5.00x"  # 1000 / 200
     assert len({len(line) for line in lines}) == 1  # fixed width
 
 
 def test_rows_follow_the_columns():
     row = rows([result(4, 88.0, 500.0, params=1234.0)])[0]
-    assert list(row)[0] == "trial" and list(row)[-1] == "sha256"
+    assert list(row)[0] == "trial" and list(row)[-2:] == ["sha256", "status"]
     assert row["trial"] == 4 and row["params"] == 1234.0 and row["accuracy"] == 88.0
-    metric_keys = [k for k in row if k not in ("trial", "sha256")]
+    metric_keys = [k for k in row if k not in ("trial", "sha256", "status")]
     assert metric_keys == [c for c in COLUMNS if c in metric_keys]
 
 

@@ -102,6 +102,51 @@ def test_export_re_measures_the_trial_accuracy(searched, tmp_path):
     assert manifest["plan"] == chosen.plan.to_dict()
 
 
+def test_every_trial_is_timed_paired_with_the_baseline(searched):
+    job, outcome = searched
+    reference = outcome.baseline["latency_ms"]
+    for r in results(outcome.study, as_searched=True):
+        raw, base = r.metrics["latency_raw_ms"], r.metrics["baseline_raw_ms"]
+        # the ratio of two medians from one interleaved run, scaled to the study's reference
+        assert r.metrics["speedup"] == pytest.approx(base / raw)
+        assert r.metrics["latency_ms"] == pytest.approx(reference * raw / base)
+
+
+def test_the_front_is_re_timed_and_scored_on_test_when_the_search_ends(searched):
+    job, outcome = searched
+    record = outcome.study.user_attrs["confirmed"]
+    assert record["runs"] == 300 and "test_accuracy" in record["baseline"]
+    for member in outcome.front:
+        figures = record["trials"][str(member.number)]
+        assert member.metrics["speedup"] == figures["speedup"]
+        assert member.metrics["test_accuracy"] == figures["test_accuracy"]
+        assert member.metrics["test_accuracy_drop"] == pytest.approx(
+            record["baseline"]["test_accuracy"] - figures["test_accuracy"])
+        assert "search_speedup" in member.metrics
+        # selection stays on validation: the constraint was computed from the val drop
+        trial = outcome.study.trials[member.number]
+        assert trial.user_attrs["constraints"][0] == pytest.approx(member.metrics["accuracy_drop"] - 1.0)
+    header = (job.run_dir / "front.csv").read_text().splitlines()[0].split(",")
+    assert {"accuracy", "test_accuracy", "test_accuracy_drop", "search_speedup", "status"} <= set(header)
+    run = next(r for r in MlflowClient(job.tracking.uri).search_runs(
+        [MlflowClient(job.tracking.uri).get_experiment_by_name("it").experiment_id])
+        if r.data.tags.get("trial") == str(outcome.front[0].number))
+    assert run.data.tags["retimed"] == "true"
+    assert run.data.metrics["speedup"] == pytest.approx(outcome.front[0].metrics["speedup"])
+    assert run.data.metrics["test_accuracy"] == pytest.approx(outcome.front[0].metrics["test_accuracy"])
+
+
+def test_a_resume_with_other_constraints_is_refused_naming_them(searched):
+    from dataclasses import replace
+
+    from search.fingerprint import FingerprintMismatch
+
+    job, _ = searched
+    changed = replace(make_job(job.run_dir.parent, job.data), constraints=[Constraint("accuracy_drop", 0.5)])
+    with pytest.raises(FingerprintMismatch, match=r"other constraints .*search.study_name"):
+        run_search(changed)
+
+
 def test_rerun_resumes_and_adds_only_the_missing_trials(searched):
     job, _ = searched
     bigger = make_job(job.run_dir.parent, job.data, n_trials=4)

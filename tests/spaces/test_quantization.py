@@ -36,7 +36,7 @@ def fp32_path(small_splits, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(fp32_path, small_splits) -> np.ndarray:
-    return run(fp32_path, small_splits.eval.inputs)
+    return run(fp32_path, small_splits.test.inputs)
 
 
 def run(path: Path, inputs: np.ndarray) -> np.ndarray:
@@ -160,8 +160,8 @@ def test_all_int8_dequantizes_every_weight_from_int8(fp32_path, small_splits, tm
 
 def test_int8_outputs_agree_with_fp32_on_real_data(fp32_path, reference, small_splits, tmp_path):
     quant(fp32_path, tmp_path, {n: "int8" for n in LAYERS}, small_splits.calib)
-    logits = run(tmp_path / "model.onnx", small_splits.eval.inputs)
-    labels = small_splits.eval.labels
+    logits = run(tmp_path / "model.onnx", small_splits.test.inputs)
+    labels = small_splits.test.labels
     assert logits.shape == reference.shape == (len(labels), 10)
     agreement = (logits.argmax(1) == reference.argmax(1)).mean()
     assert agreement > 0.9
@@ -249,7 +249,7 @@ def test_sub_and_wide_integer_weights_have_their_element_type(fp32_path, referen
     assert graph.weight_source("down.0")[0] == "initializer"
     onnx.checker.check_model(graph.model, full_check=True)  # valid ONNX, not only runnable by ORT
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no intermediate copy left behind
-    logits = run(tmp_path / "model.onnx", small_splits.eval.inputs)
+    logits = run(tmp_path / "model.onnx", small_splits.test.inputs)
     assert (logits.argmax(1) == reference.argmax(1)).mean() > 0.8
 
 
@@ -270,7 +270,7 @@ def test_fp16_layers_store_half_weights_and_stay_close(fp32_path, reference, sma
     assert graph.ops()["Cast"] == len(halves)
     assert "QuantizeLinear" not in graph.ops()
     onnx.checker.check_model(graph.model, full_check=True)
-    logits = run(tmp_path / "model.onnx", small_splits.eval.inputs)
+    logits = run(tmp_path / "model.onnx", small_splits.test.inputs)
     np.testing.assert_allclose(logits, reference, atol=2e-2, rtol=1e-2)
     assert (tmp_path / "model.onnx").stat().st_size < fp32_path.stat().st_size
 
@@ -283,7 +283,7 @@ def test_fp16_mixed_with_int8(fp32_path, reference, small_splits, tmp_path):
     assert op == "Cast" and dtype(stored) == "FLOAT16"
     assert graph.weight_source("stem.0")[0] == "initializer"
     assert graph.weight_source("layer2.conv1")[0] == "DequantizeLinear"
-    logits = run(tmp_path / "model.onnx", small_splits.eval.inputs)
+    logits = run(tmp_path / "model.onnx", small_splits.test.inputs)
     assert (logits.argmax(1) == reference.argmax(1)).mean() > 0.9
 
 
@@ -293,7 +293,7 @@ def test_all_fp32_plan_leaves_the_graph_as_it_was(fp32_path, reference, small_sp
     assert Graph(model).ops() == Graph(original).ops()
     assert [n.name for n in model.graph.node] == [n.name for n in original.graph.node]
     assert sorted(i.name for i in model.graph.initializer) == sorted(i.name for i in original.graph.initializer)
-    np.testing.assert_array_equal(run(tmp_path / "model.onnx", small_splits.eval.inputs), reference)
+    np.testing.assert_array_equal(run(tmp_path / "model.onnx", small_splits.test.inputs), reference)
 
 
 def test_per_tensor_and_int8_activation_settings(fp32_path, small_splits, tmp_path):

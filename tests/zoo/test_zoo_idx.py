@@ -99,5 +99,5 @@ def test_splits_from_small_raw_and_gz_files(tmp_path: Path) -> None:
         assert splits.input_shape == (1, 8, 8)
         assert splits.calib.shape == (8, 1, 8, 8)
         expected = (arrays["test_images"][:, None].astype(np.float32) / 255 - 0.5) / 0.25
-        np.testing.assert_allclose(splits.eval.inputs, expected, atol=1e-6)
-        np.testing.assert_array_equal(splits.eval.labels, arrays["test_labels"])
+        np.testing.assert_allclose(splits.test.inputs, expected, atol=1e-6)
+        np.testing.assert_array_equal(splits.test.labels, arrays["test_labels"])

@@ -68,7 +68,7 @@ def test_v2_pretrained_features_are_informative(v2_file: dict[str, torch.Tensor]
     train_x, train_y = s.train.tensors[0], s.train.tensors[1].numpy()
     torch.manual_seed(0)
     scores = {pre: nearest_centroid_accuracy(mobilenet_v2(pretrained=pre).eval(), train_x, train_y,
-                                             s.eval.inputs, s.eval.labels) for pre in (True, False)}
+                                             s.test.inputs, s.test.labels) for pre in (True, False)}
     assert scores[True] > 0.68 and scores[True] > scores[False] + 0.1, scores
 
 

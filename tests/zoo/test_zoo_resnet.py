@@ -64,11 +64,11 @@ def test_short_training_lowers_the_loss(fashion_root: str) -> None:
 
     splits: DataSplits = idx_splits(root=fashion_root, train_limit=2000, eval_limit=500, calib_size=8)
     model = resnet_small()
-    before = _accuracy(model, splits.eval.inputs, splits.eval.labels)
+    before = _accuracy(model, splits.test.inputs, splits.test.labels)
     curve = finetune(model, splits.train, FinetuneSettings(steps=50, batch_size=64, lr=4e-3, log_every=10))
     losses = [loss for _, loss, _ in curve]
     assert len(losses) == 5
     assert losses[-1] < 0.7 * losses[0]
     assert not model.training
-    after = _accuracy(model, splits.eval.inputs, splits.eval.labels)
+    after = _accuracy(model, splits.test.inputs, splits.test.labels)
     assert after > max(0.5, before + 0.2)

@@ -41,7 +41,7 @@ def test_numpy_pairs() -> None:
     x, y = out.train[0]
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     assert out.calib.dtype == np.float32 and out.calib.shape == (8, 1, 6, 6)
-    assert out.eval.inputs.dtype == np.float32 and out.eval.labels.dtype == np.int64
+    assert out.test.inputs.dtype == np.float32 and out.test.labels.dtype == np.int64
     assert out.num_classes == 3 and out.input_shape == (1, 6, 6)
     assert out.preprocessing == {"scale": 1.0}
     as_tuple = coerce_splits((xy(20), xy(8), xy(10)), num_classes=7)
@@ -50,20 +50,32 @@ def test_numpy_pairs() -> None:
 
 def test_torch_datasets() -> None:
     train, held_out = PairDataset(12), PairDataset(300)   # 300 > one DataLoader batch
-    out = coerce_splits({"train": train, "calib": PairDataset(5), "eval": held_out})
-    assert out.train is train
+    out = coerce_splits({"train": train, "calib": PairDataset(5), "eval": held_out, "val": PairDataset(4)})
+    assert out.train is train and len(out.val.labels) == 4
     assert out.calib.shape == (5, 1, 6, 6) and out.calib.dtype == np.float32
-    assert out.eval.inputs.shape == (300, 1, 6, 6) and out.eval.labels.dtype == np.int64
-    np.testing.assert_allclose(out.eval.inputs, held_out.x.astype(np.float32))
-    np.testing.assert_array_equal(out.eval.labels, held_out.y)
+    assert out.test.inputs.shape == (300, 1, 6, 6) and out.test.labels.dtype == np.int64
+    np.testing.assert_allclose(out.test.inputs, held_out.x.astype(np.float32))
+    np.testing.assert_array_equal(out.test.labels, held_out.y)
     tensors = TensorDataset(torch.zeros(4, 1, 6, 6), torch.tensor([0, 1, 2, 4]))
     mixed = coerce_splits((tensors, torch.zeros(2, 1, 6, 6), (np.zeros((3, 1, 6, 6)), np.zeros(3, int))))
     assert mixed.num_classes == 5
 
 
+def test_without_val_a_seeded_tenth_of_train_is_held_out() -> None:
+    x, y = xy(50)
+    out = coerce_splits({"train": (x, y), "calib": x[:4], "test": xy(10)}, seed=3)
+    assert len(out.train) == 45 and len(out.val.labels) == 5
+    trained = {row.numpy().tobytes() for row, _ in out.train}
+    assert not trained & {row.tobytes() for row in out.val.inputs}      # never trained on
+    again = coerce_splits({"train": (x, y), "calib": x[:4], "test": xy(10)}, seed=3)
+    np.testing.assert_array_equal(again.val.inputs, out.val.inputs)     # reproducible
+    from_dataset = coerce_splits({"train": PairDataset(20), "calib": x[:4], "eval": xy(10)})
+    assert len(from_dataset.train) == 18 and len(from_dataset.val.labels) == 2
+
+
 def test_existing_splits_pass_through() -> None:
-    splits = DataSplits(train=TensorDataset(torch.zeros(2, 1)), calib=np.zeros((1, 1), np.float32),
-                        eval=EvalData(np.zeros((1, 1), np.float32), np.zeros(1, np.int64)),
+    held = EvalData(np.zeros((1, 1), np.float32), np.zeros(1, np.int64))
+    splits = DataSplits(train=TensorDataset(torch.zeros(2, 1)), calib=np.zeros((1, 1), np.float32), val=held, test=held,
                         num_classes=2, preprocessing={})
     assert coerce_splits(splits) is splits
     with pytest.raises(ValueError, match="num_classes=2"):
@@ -73,7 +85,8 @@ def test_existing_splits_pass_through() -> None:
 @pytest.mark.parametrize("obj, error, match", [
     ("data.npz", TypeError, "returned str; expected a DataSplits"),
     ({"train": xy(4), "calib": xy(2)}, ValueError, "without eval"),
-    ({"train": xy(4), "calib": xy(2), "eval": xy(2), "test": 1}, ValueError, "unknown keys"),
+    ({"train": xy(4), "calib": xy(2), "eval": xy(2), "test": xy(2)}, ValueError, "both eval and test"),
+    ({"train": xy(4), "calib": xy(2), "eval": xy(2), "valid": 1}, ValueError, "unknown keys"),
     ((xy(4), xy(2)), TypeError, "returned tuple"),
     ({"train": [1, 2, 3], "calib": xy(2), "eval": xy(2)}, TypeError, "data train: got list"),
     ({"train": Stream(), "calib": xy(2), "eval": xy(2)}, TypeError, "IterableDataset"),
