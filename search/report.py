@@ -130,13 +130,14 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], classes: Seque
 
 def _metric_cells(m: Mapping[str, float]) -> list[str]:
     """Cells in METRIC_HEADERS' order; the baseline has no derived metrics, so those default to "no change"."""
-    return [_num(m.get("accuracy")), _num(m.get("accuracy_drop", 0.0)), _kb(m.get("size_bytes")),
+    return [_num(m.get("accuracy")), _num(m.get("accuracy_drop", 0.0)), _num(m.get("test_accuracy")),
+            _num(m.get("test_accuracy_drop", 0.0 if "test_accuracy" in m else None)), _kb(m.get("size_bytes")),
             _kb(m.get("compressed_bytes")), _num(m.get("latency_ms"), ".4f"),
             _num(m.get("speedup", 1.0)) + "×", _num(m.get("size_ratio", 1.0)) + "×",
             _num(m.get("params"), ",.0f"), _num(m["macs"] / 1e6 if "macs" in m else None)]
 
 
-METRIC_HEADERS = ("accuracy (%)", "drop (points)", "size (KB)", "compressed (KB)", "latency (ms)", "speedup",
+METRIC_HEADERS = ("val accuracy (%)", "val drop (points)", "test accuracy (%)", "test drop (points)", "size (KB)", "compressed (KB)", "latency (ms)", "speedup",
                   "size ratio", "params", "MACs (M)")
 
 
@@ -148,8 +149,10 @@ def front_section(data: PlotData) -> str:
     if not members:
         return "<p>No feasible trial yet: the front is empty.</p>" + _table(("trial", *METRIC_HEADERS), rows)
     return (_table(("trial", *METRIC_HEADERS), rows, classes)
-            + "<p class=note>drop: baseline accuracy minus the trial's, in points (negative = better). "
-              "speedup and size ratio: baseline latency or size divided by the trial's. "
+            + "<p class=note>val: the validation split the search selected on; test: the test split, measured "
+              "once the search ended and never used to choose. drop: baseline accuracy minus the trial's, in points "
+              "(negative = better). speedup: the baseline's median latency over the trial's, both timed interleaved "
+              "in one run when the search ended; size ratio: baseline size over the trial's. "
               "<b>ref</b>: an enqueued reference plan.</p>")
 
 
