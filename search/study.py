@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import optuna
@@ -17,6 +17,7 @@ from search.trial import SearchContext, TrialResult, run_trial
 if TYPE_CHECKING:
     from evaluators.base import Constraint, Objective
     from search.tracking import Tracker
+    from spaces.base import Plan
 
 log = logging.getLogger(__name__)
 LOCAL_WORKER_ENV = "AUTOSQUEEZE_LOCAL_WORKER"  # set for the processes `search.workers=N` starts
@@ -147,6 +148,9 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
         run_id = tracker.trial_run(parent_run, trial.number, {**plan.params(), **trial_params}) if tracker else None
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
+        twin = evaluated_twin(trial.study, plan)
+        if twin is not None:
+            return reuse(trial, twin, objectives, tracker=tracker, run_id=run_id)
 
         def stage(name: str) -> None:
             # kept on the trial so a dashboard (or a test) can see what a running trial is doing
@@ -173,6 +177,27 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
         return [result.metrics[o.metric] for o in objectives]
 
     return objective
+
+
+def evaluated_twin(study: optuna.Study, plan: Plan) -> FrozenTrial | None:
+    """The first completed trial that ran exactly ``plan``, if any."""
+    wanted = plan.to_dict()
+    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if "result" in t.user_attrs and t.user_attrs["result"]["plan"] == wanted), None)
+
+
+def reuse(trial: optuna.Trial, twin: FrozenTrial, objectives: Sequence[Objective], *, tracker: Tracker | None,
+          run_id: str | None) -> list[float]:
+    """Record ``twin``'s result for ``trial`` instead of fine-tuning and measuring the same plan again."""
+    source = TrialResult.from_attrs(twin.number, twin.user_attrs["result"])
+    trial.set_user_attr("reused_from", twin.number)
+    trial.set_user_attr("constraints", list(twin.user_attrs.get("constraints", [])))
+    trial.set_user_attr("result", {**twin.user_attrs["result"], "timings": {"total": 0.0}})
+    log.info("trial %d: same plan as trial %d, its result reused (no fine-tune)", trial.number, twin.number)
+    if run_id:
+        tracker.finish_trial(run_id, replace(source, timings={"total": 0.0}), feasible=feasible(twin),
+                             tags={"reused_from": str(twin.number)})
+    return [source.metrics[o.metric] for o in objectives]
 
 
 def completed(study: optuna.Study) -> int:
