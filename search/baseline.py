@@ -60,8 +60,17 @@ def _load_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first}"
 
 
+HELD_OUT_ONLY = ("eval_limit", "calib_size")
+"""Data settings that shape only the held-out and calibration splits: the baseline never reads them."""
+
+
 def cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def training_data(data: dict[str, Any]) -> dict[str, Any]:
+    """The part of a data config that the baseline's training reads, for its cache key."""
+    return {k: v for k, v in data.items() if k not in HELD_OUT_ONLY}
 
 
 def trained_baseline(make_model: Callable[[], nn.Module], train: torch.utils.data.Dataset, *,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from search.baseline import CheckpointError, cache_key, load_checkpoint, trained_baseline
+from search.baseline import CheckpointError, cache_key, load_checkpoint, trained_baseline, training_data
 from search.finetune import FinetuneSettings
 from tinynet import TinyNet, tiny_net
 
@@ -187,6 +187,14 @@ def test_cache_key_is_stable_and_sensitive():
     assert cache_key("tiny", {"steps": 5, "lr": 1e-3}) == cache_key("tiny", {"lr": 1e-3, "steps": 5})
     assert cache_key("tiny", 5) != cache_key("tiny", 6)
     assert len(cache_key("x")) == 16
+
+
+def test_cache_key_ignores_what_only_shapes_the_held_out_splits():
+    data = {"root": "/d", "train_limit": 500, "eval_limit": None, "calib_size": 256, "val_fraction": 0.1}
+    key = cache_key("m", training_data(data))
+    assert cache_key("m", training_data({**data, "eval_limit": 100, "calib_size": 32})) == key
+    assert cache_key("m", training_data({**data, "val_fraction": 0.2})) != key     # changes the training set
+    assert cache_key("m", training_data({**data, "train_limit": 600})) != key
 
 
 def test_trained_baseline_trains_once_and_then_reuses_the_checkpoint(small_splits, tmp_path):
