@@ -50,7 +50,7 @@ def main(overrides: list[str]) -> None:
                         finetune=job.finetune, evaluators=job.evaluators, run_dir=root / "handplan",
                         seed=job.search.seed)
     result = run_trial(ctx, plan, number=0)
-    base_t, hand_t = interleaved([Path(base["onnx"]), Path(result.model_path)], job.data.eval,
+    base_t, hand_t = interleaved([Path(base["onnx"]), Path(result.model_path)], job.data.val,
                                  warmup=WARMUP, runs=RUNS, threads=1)
     m = result.metrics
     pruned = ", ".join(k for k, v in plan.prune.items() if v)

@@ -73,7 +73,7 @@ def kind_probe(fp32_path: Path, out_dir: Path, kinds: Mapping[str, str], data, *
             paths.append(fp32_path)
             continue
         paths.append(quantize(fp32_path, out_dir / f"variant{i}.onnx", precisions, data.calib))
-    timed = interleaved(paths, data.eval, warmup=warmup, runs=runs, threads=1)
+    timed = interleaved(paths, data.val, warmup=warmup, runs=runs, threads=1)
     base = timed[0]["latency_ms"]
     return [{"variant": label, "latency_ms": t["latency_ms"], "latency_cv": t["latency_cv"],
              "speedup": base / t["latency_ms"], "size_bytes": Path(p).stat().st_size}

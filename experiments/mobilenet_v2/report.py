@@ -55,7 +55,7 @@ def load(job: Job, root: Path, method: str, wall_s: float) -> Method:
 def retime(methods: Sequence[Method], base_path: str, data) -> dict[str, float]:
     """Baseline + every front member, interleaved round-robin in one process, 1 thread, batch 1."""
     members = [(m, r) for m in methods for r in m.front]
-    timed = interleaved([Path(base_path)] + [Path(r.model_path) for _, r in members], data.eval,
+    timed = interleaved([Path(base_path)] + [Path(r.model_path) for _, r in members], data.val,
                         warmup=WARMUP, runs=RUNS, threads=1)
     for (m, r), t in zip(members, timed[1:]):
         m.retimed[r.number] = t
@@ -201,7 +201,7 @@ def write_report(job: Job, root: Path, base: dict, walls: Mapping[str, float], *
 
 Command (repository root): `{command}` (settings: `conf/experiment/mobilenet_v2.yaml`).
 
-Baseline (fp32, {base['onnx']}): top-1 **{metrics['accuracy']:.2f}%** on {len(job.data.eval.labels)} test images,
+Baseline (fp32, {base['onnx']}): top-1 **{metrics['accuracy']:.2f}%** on {len(job.data.val.labels)} validation images,
 {metrics['size_bytes'] / 1e6:.2f} MB ONNX file, {base_t['latency_ms']:.3f} ms median
 (p90 {base_t['latency_p90_ms']:.3f} ms, CV {base_t['latency_cv']:.3f}) re-timed; baseline setup (head + full training, export, measurement; once, then cached) {setup_s:.0f} s.
 

@@ -61,7 +61,7 @@ def baseline_metrics(job: Job, model: torch.nn.Module, space, root: Path) -> dic
     if path.is_file():
         return json.loads(path.read_text())
     onnx_path = export_onnx(model, space.example_input, _mkdir(root / "baseline") / "model.onnx")
-    metrics = measure(onnx_path, job.data, job.evaluators)
+    metrics = measure(onnx_path, job.data.val, job.evaluators)
     payload = {"metrics": metrics, "sha256": sha256_of(onnx_path), "onnx": str(onnx_path)}
     path.write_text(json.dumps(payload, indent=2))
     return payload
