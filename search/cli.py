@@ -21,6 +21,8 @@ from evaluators.base import Constraint, Objective
 from search.baseline import cache_key
 from search.finetune import FinetuneSettings
 from search.onnx_export import ExportError
+from search.recorded_config import (ATTR, conflicts, effective, flatten, is_locating, masked_keys, override_key,
+                                    package_manifest, record, refusal)
 from search.secrets import redact
 from search.storage import HeartbeatSettings
 from search.study import LOCAL_WORKER_ENV, SearchSettings
@@ -108,6 +110,50 @@ def study_of(cfg: DictConfig):
     return load_study(cfg.search.study_name, existing_storage(url, cfg.search.study_name))
 
 
+def study_config(cfg: DictConfig, overrides: list[str], *, must_exist: bool = True) -> DictConfig:
+    """The config the study recorded when it was searched, with only the command line's free keys applied.
+
+    A new study, or one searched before studies recorded their config, keeps ``cfg``.
+    """
+    recorded = study_of(cfg).user_attrs.get(ATTR) if must_exist else _recorded_if_any(cfg)
+    if not recorded:
+        return cfg
+    return with_record(recorded, cfg, overrides, subject=f"study {cfg.search.study_name!r} was searched")
+
+
+def _recorded_if_any(cfg: DictConfig) -> dict | None:
+    """The recorded config of the study ``search`` would resume; None for a study not there yet."""
+    from search.storage import make_storage, storage_url
+
+    url = storage_url(cfg.storage, Path(cfg.paths.run_dir))
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        return None  # opening it would create the file before the config is checked
+    storage = make_storage(url)
+    try:
+        study_id = storage.get_study_id_from_name(cfg.search.study_name)
+    except KeyError:
+        return None
+    return storage.get_study_user_attrs(study_id).get(ATTR)
+
+
+def with_record(recorded: dict, cfg: DictConfig, overrides: list[str], *, subject: str,
+                way_out: str = "or give a new search.study_name to start a fresh study") -> DictConfig:
+    """``recorded`` plus what the command line may change; a changed number is refused, naming each key."""
+    given = plain(cfg)
+    # What the command line changed is told apart from defaults that moved since the record was made.
+    default = plain(load_config([o for o in overrides if is_locating(o)]))
+    named = tuple(override_key(o) for o in overrides)
+    found = conflicts(recorded, given, default, named)
+    if found:
+        raise UsageError(refusal(subject, found, way_out=way_out))
+    merged = effective(recorded, given, default, named)
+    masked = masked_keys(merged)
+    if masked:
+        raise UsageError(f"{masked[0]}={flatten(merged)[masked[0]]!r}: the record keeps no password; "
+                         f"give {masked[0]}= with it on the command line")
+    return OmegaConf.create(merged)
+
+
 def settings_params(cfg: DictConfig) -> dict[str, Any]:
     """The search settings as flat MLflow params (``settings.finetune.steps`` ...)."""
     params = {f"settings.{k}": v for k, v in _flat(plain(cfg.search)).items()}
@@ -135,7 +181,7 @@ def build_job(cfg: DictConfig):
               head_steps=int(cfg.model.get("head_steps", 0) or 0),
               finetune=FinetuneSettings(**plain(cfg.search.finetune)), prune=prune, quant=quant,
               tracking=tracking, storage=cfg.storage, heartbeat=HeartbeatSettings(**plain(cfg.search.heartbeat)),
-              settings_params=settings_params(cfg))
+              settings_params=settings_params(cfg), config=record(plain(cfg)))
     job.check()
     return job
 
@@ -154,7 +200,7 @@ def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
     from search import pareto
     from search.runner import run_search
 
-    job = build_job(cfg)
+    job = build_job(study_config(cfg, overrides, must_exist=False))
     # Local workers are plain `autosqueeze search` runs on the same study, as on other machines.
     worker = [sys.executable, "-m", "search.cli", "search", *overrides, "search.workers=1"]
     outcome = run_search(job, worker_command=worker if job.search.workers > 1 else None)
@@ -170,6 +216,7 @@ def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
 def cmd_export(cfg: DictConfig, overrides: list[str]) -> int:
     from search.export import ExportSettings, export_command
 
+    cfg = study_config(cfg, overrides)
     settings = plain(cfg.export)
     settings.pop("verify", None)  # the verify command's knobs
     return export_command(build_job(cfg), ExportSettings(**settings))
@@ -181,6 +228,9 @@ def cmd_verify(cfg: DictConfig, overrides: list[str], *, package: Path) -> int:
 
     if not package.exists():
         raise UsageError(f"verify: no package at {package} (give the .zip or the folder `autosqueeze export` wrote)")
+    recorded = package_manifest(package).get(ATTR)
+    if isinstance(recorded, dict) and recorded:  # packages from before manifests recorded the data config lack it
+        cfg = with_record(recorded, cfg, overrides, subject=f"package {package} was exported", way_out="")
     settings = VerifySettings(**plain(cfg.export.verify))
     evaluators = [instantiate(node) for node in cfg.evaluator.evaluators.values()]
     accuracy = next((e for e in evaluators if "accuracy" in e.metrics), None)
@@ -196,6 +246,7 @@ def cmd_sync(cfg: DictConfig, overrides: list[str]) -> int:
     from search.sync import sync
     from search.tracking import Tracker
 
+    cfg = study_config(cfg, overrides)
     if cfg.tracking.uri is None:
         raise UsageError("tracking.uri is null: there is no MLflow store to sync to")
     replayed = sync(study_of(cfg), Tracker(TrackingSettings(**plain(cfg.tracking))), objectives_of(cfg),
@@ -211,6 +262,7 @@ def cmd_report(cfg: DictConfig, overrides: list[str]) -> int:
     from search.report import write_report
     from search.study import check_objectives
 
+    cfg = study_config(cfg, overrides)
     run_dir, name, objectives = Path(cfg.paths.run_dir), cfg.search.study_name, objectives_of(cfg)
     study = study_of(cfg)
     check_objectives(study, objectives)
