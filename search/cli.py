@@ -18,7 +18,8 @@ from optuna.exceptions import ExperimentalWarning
 from omegaconf.errors import OmegaConfBaseException
 
 from evaluators.base import Constraint, Objective
-from search.baseline import cache_key
+from search.baseline import cache_key, training_data
+from search.confirm import ConfirmSettings
 from search.finetune import FinetuneSettings
 from search.onnx_export import ExportError
 from search.recorded_config import (ATTR, conflicts, effective, flatten, is_locating, masked_keys, override_key,
@@ -86,7 +87,7 @@ def quant_spec(cfg: DictConfig) -> QuantSpec:
 
 def search_settings(cfg: DictConfig) -> SearchSettings:
     s = plain(cfg.search)
-    for nested in ("finetune", "heartbeat"):
+    for nested in ("finetune", "heartbeat", "confirm"):
         s.pop(nested)
     return SearchSettings(**s)
 
@@ -94,7 +95,7 @@ def search_settings(cfg: DictConfig) -> SearchSettings:
 def data_splits(cfg: DictConfig):
     from zoo.data import coerce_splits
 
-    return coerce_splits(instantiate(cfg.data, _convert_="all"))
+    return coerce_splits(instantiate(cfg.data, _convert_="all"), seed=cfg.seed)
 
 
 def objectives_of(cfg: DictConfig) -> list[Objective]:
@@ -176,11 +177,12 @@ def build_job(cfg: DictConfig):
     job = Job(make_model=make_model, data=data, evaluators=evaluators, objectives=objectives,
               constraints=constraints, search=search, run_dir=Path(cfg.paths.run_dir),
               cache_dir=Path(cfg.paths.cache_dir),
-              model_key=cache_key(plain(cfg.model), plain(cfg.data)),
+              model_key=cache_key(plain(cfg.model), training_data(plain(cfg.data))),
               checkpoint=cfg.model.checkpoint, baseline_training=FinetuneSettings(**plain(cfg.model.train)),
               head_steps=int(cfg.model.get("head_steps", 0) or 0),
               finetune=FinetuneSettings(**plain(cfg.search.finetune)), prune=prune, quant=quant,
               tracking=tracking, storage=cfg.storage, heartbeat=HeartbeatSettings(**plain(cfg.search.heartbeat)),
+              confirm=ConfirmSettings(**plain(cfg.search.confirm)),
               settings_params=settings_params(cfg), config=record(plain(cfg)))
     job.check()
     return job
@@ -208,7 +210,7 @@ def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
         return outcome.exit_code  # the process that started the workers prints the front
     print(f"\nPareto front of study {job.search.study_name!r} ({len(outcome.study.trials)} trials, "
           f"hypervolume {outcome.hypervolume:.4f}):")
-    print(pareto.table(outcome.front, outcome.baseline))
+    print(pareto.table(outcome.front, outcome.baseline, outcome.left))
     print("\nfiles: " + ", ".join(str(p) for p in outcome.files))
     return outcome.exit_code
 
