@@ -236,7 +236,8 @@ def cmd_verify(cfg: DictConfig, overrides: list[str], *, package: Path) -> int:
     settings = VerifySettings(**plain(cfg.export.verify))
     evaluators = [instantiate(node) for node in cfg.evaluator.evaluators.values()]
     accuracy = next((e for e in evaluators if "accuracy" in e.metrics), None)
-    checks = verify_package(package, data=data_splits(cfg).eval, accuracy=accuracy, settings=settings)
+    splits = data_splits(cfg)
+    checks = verify_package(package, val=splits.val, test=splits.test, accuracy=accuracy, settings=settings)
     for check in checks:
         print(check.line())
     failed = [c.name for c in checks if not c.ok]

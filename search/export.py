@@ -1,7 +1,9 @@
 """Export a chosen trial as a deploy package: a folder, a zip beside it, an MLflow run and a registered model.
 
 The package itself (files, manifest, zip) is built by ``search.package``; this module
-picks the trial, replays it when its files are gone, and logs the result.
+picks the trial, replays it when its files are gone, and logs the result. A replayed trial
+is held to what the study logged (sha256 and val accuracy): a rebuild that differs is not
+the model the search chose, so it ships only with ``export.accept_rebuilt=true``.
 """
 from __future__ import annotations
 
@@ -11,14 +13,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import optuna
 
-from search.package import FP32, package_name, versions, write_package, write_zip, zip_path_for
+from search.package import (FP32, RebuildMismatchError, package_name, versions, write_package, write_zip,
+                            zip_path_for)
 from search.trial import TrialResult, run_trial, sha256_of
 
 if TYPE_CHECKING:
     from search.trial import SearchContext
 
-__all__ = ["ExportSelectionError", "ExportSettings", "export_command", "rebuild", "select", "versions",
-           "write_package"]
+__all__ = ["ExportSelectionError", "ExportSettings", "RebuildMismatchError", "export_command", "rebuild", "select",
+           "versions", "write_package"]
 RULES = {
     "smallest": (lambda r: r.metrics["size_bytes"]),
     "fastest": (lambda r: r.metrics["latency_ms"]),
@@ -38,6 +41,7 @@ class ExportSettings:
     out: str = "deploy"
     include_fp32: bool = True                 # ship model_fp32.onnx as a fallback
     registered_name: str | None = None        # MLflow registered model name; None registers nothing
+    accept_rebuilt: bool = False              # ship a rebuilt trial even when it differs from the logged one
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -79,27 +83,42 @@ def export_command(job: Any, settings: ExportSettings) -> int:
     """``autosqueeze export``: pick a trial of the study, package and zip it, log and register it in MLflow."""
     from search.runner import build_context
     from search.storage import existing_storage
-    from search.study import feasible_results, load_study, results
+    from search.study import baseline_of, feasible_results, load_study, results
     from search import pareto
 
     study = load_study(job.search.study_name, existing_storage(job.storage_url, job.search.study_name))
     front = pareto.front(feasible_results(study), job.objectives)
-    chosen = select(front, settings, results(study))
-    if not trial_files_intact(chosen, include_fp32=settings.include_fp32):
-        chosen = rebuild(build_context(job, study), study.trials[chosen.number])
+    logged = select(front, settings, results(study))
+    shipped, rebuilt_from = logged, None
+    if not trial_files_intact(logged, include_fp32=settings.include_fp32):
+        print(f"trial {logged.number}: its files are gone or changed; rebuilding it from its plan")
+        shipped, rebuilt_from = rebuild(build_context(job, study), study.trials[logged.number]), logged
     out = Path(settings.out)
-    manifest = write_package(chosen, out_dir=out, data=job.data, evaluators=job.evaluators,
-                             baseline=study.user_attrs["baseline"], study_name=job.search.study_name,
-                             include_fp32=settings.include_fp32)
-    name = package_name(job.search.study_name, chosen.number)
-    archive = write_zip(out, zip_path_for(out, job.search.study_name, chosen.number), name)
-    print(f"exported trial {chosen.number} to {out}: accuracy {manifest['measured_at_export']['accuracy']:.2f}% "
-          f"(logged {chosen.metrics['accuracy']:.2f}%), {chosen.metrics['size_bytes'] / 1e3:.1f} KB, "
-          f"sha256 {manifest['files']['model.onnx'][:12]}")
+    manifest = write_package(shipped, out_dir=out, data=job.data, evaluators=job.evaluators,
+                             baseline=baseline_of(study), study_name=job.search.study_name,
+                             include_fp32=settings.include_fp32, logged=rebuilt_from,
+                             accept_rebuilt=settings.accept_rebuilt)
+    name = package_name(job.search.study_name, shipped.number)
+    archive = write_zip(out, zip_path_for(out, job.search.study_name, shipped.number), name)
+    print(summary(manifest, logged, out))
     print(f"package: {archive}  (check it with: autosqueeze verify {archive})")
     if job.tracking:
         log_to_mlflow(job, study, out, archive, manifest, settings.registered_name)
     return 0
+
+
+def summary(manifest: dict, logged: TrialResult, out: Path) -> str:
+    """One line: val accuracy against the logged one, test accuracy when measured, size, hash, rebuilt or not."""
+    measured = manifest["measured_at_export"]
+    test = f", test {measured['test_accuracy']:.2f}%" if "test_accuracy" in measured else ""
+    rebuilt = ""
+    if "logged" in manifest:
+        rebuilt = f" (rebuilt, differs from the logged trial: {', '.join(manifest['logged']['differs'])})"
+    elif manifest["rebuilt"]:
+        rebuilt = " (rebuilt, identical to the logged trial)"
+    return (f"exported trial {manifest['trial']} to {out}{rebuilt}: val accuracy {measured['accuracy']:.2f}% "
+            f"(logged {logged.metrics['accuracy']:.2f}%){test}, {manifest['metrics']['size_bytes'] / 1e3:.1f} KB, "
+            f"sha256 {manifest['files']['model.onnx'][:12]}")
 
 
 def log_to_mlflow(job: Any, study: optuna.Study, out: Path, archive: Path, manifest: dict,

@@ -6,7 +6,14 @@ Package layout (the folder, and the zip under one top folder ``<study>-trial<N>/
     model_fp32.onnx    the same pruned model before quantization (fallback; export.include_fp32)
     predict.py         runnable example: numpy + onnxruntime only (source: search/predict_template.py)
     requirements.txt   what predict.py needs
-    manifest.json      plan, metrics, baseline, preprocessing, input shape, versions, sha256 of every other file
+    manifest.json      plan, metrics, baseline, preprocessing, input shape, CPU, versions, sha256 of every other file
+
+The manifest keeps the two held-out splits apart: ``metrics.accuracy`` is the validation
+accuracy the trial was selected on, ``metrics.test_accuracy`` (when the search measured it)
+the test accuracy, reported only; ``splits`` fingerprints both. ``cpu`` records the
+instruction-set flags ONNX Runtime picks its int8 kernels by, so ``verify`` knows when a
+few samples may legitimately flip. ``rebuilt`` says whether the trial's files had to be
+rebuilt from its plan, and ``logged`` what the study recorded when the rebuild differs.
 
 This module imports no torch at import time: ``search.verify`` reuses its helpers on
 machines that only have numpy and onnxruntime.
@@ -36,7 +43,18 @@ PACKAGE_FILES = (MODEL, FP32, PREDICT, REQUIREMENTS, MANIFEST)
 TEMPLATE = Path(__file__).with_name("predict_template.py")
 VERSIONED = ("autosqueeze", "torch", "torch-pruning", "onnx", "onnxruntime", "optuna", "mlflow", "numpy")
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same package always zips to the same bytes
-FORMAT = 1
+FORMAT = 2  # 1: one eval split (the test data) and no cpu entry
+CPUINFO = Path("/proc/cpuinfo")
+# Flags ONNX Runtime's kernel dispatch depends on (x86 and Arm): other int8/fp16 code paths round differently.
+ISA_FLAGS = frozenset({
+    "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16",
+    "avx512_fp16", "avx_vnni", "avx_vnni_int8", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16",
+    "asimd", "asimddp", "asimdhp", "fphp", "i8mm", "bf16", "sve", "sve2", "sme",
+})
+
+
+class RebuildMismatchError(ValueError):
+    """A trial rebuilt from its plan is not the model the study logged, and the user did not accept that."""
 
 
 def file_sha256(path: Path) -> str:
@@ -48,10 +66,28 @@ def file_sha256(path: Path) -> str:
 
 
 def data_fingerprint(data: EvalData) -> dict[str, Any]:
-    """Count and sha256 of the eval inputs and labels: tells "other data" apart from "other model"."""
+    """Count and sha256 of a split's inputs and labels: tells "other data" apart from "other model"."""
     digest = hashlib.sha256(np.ascontiguousarray(data.inputs, dtype=np.float32).tobytes())
     digest.update(np.ascontiguousarray(data.labels, dtype=np.int64).tobytes())
     return {"samples": int(len(data.labels)), "sha256": digest.hexdigest()}
+
+
+def cpu_info(source: Path = CPUINFO) -> dict[str, Any]:
+    """This CPU's model name, architecture and sorted :data:`ISA_FLAGS`; ``isa`` is None where they cannot be read."""
+    try:
+        text = Path(source).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    model, flags = None, None
+    for line in text.splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key.lower() in ("model name", "cpu model") and model is None:
+            model = value
+        elif key.lower() in ("flags", "features") and flags is None:
+            flags = set(value.split())
+    return {"model": model or platform.processor() or platform.machine() or "unknown",
+            "arch": platform.machine(),
+            "isa": sorted(flags & ISA_FLAGS) if flags is not None else None}
 
 
 def versions() -> dict[str, str]:
@@ -116,41 +152,104 @@ def latency_setup(evaluators: Sequence[Evaluator]) -> dict[str, int] | None:
     return None
 
 
+def rebuild_differences(rebuilt: TrialResult, logged: TrialResult) -> dict[str, tuple[Any, Any]]:
+    """``{figure: (logged, rebuilt)}`` for the sha256 and val accuracy where a rebuild is not the logged trial."""
+    pairs = {"sha256": (logged.sha256, rebuilt.sha256),
+             "accuracy": (logged.metrics.get("accuracy"), rebuilt.metrics.get("accuracy"))}
+    return {name: pair for name, pair in pairs.items() if pair[0] != pair[1]}
+
+
+def mismatch_message(number: int, differs: Mapping[str, tuple[Any, Any]]) -> str:
+    shown = {"accuracy": lambda v: f"{v:.4f}%", "sha256": lambda v: str(v)[:12]}
+    figures = "; ".join(f"{'val accuracy' if name == 'accuracy' else name} {shown[name](new)} "
+                        f"(logged {shown[name](old)})" for name, (old, new) in differs.items())
+    return (f"trial {number} was rebuilt from its plan because its files are gone, and the rebuild is not the "
+            f"model the search scored: {figures}. Nothing was exported. Restore the trial's files, or pass "
+            "export.accept_rebuilt=true to ship the rebuilt model with its own measured metrics")
+
+
+def accuracy_evaluator(evaluators: Sequence[Evaluator]) -> Evaluator | None:
+    return next((e for e in evaluators if "accuracy" in e.metrics), None)
+
+
+def measure_splits(model: Path, data: DataSplits, evaluators: Sequence[Evaluator],
+                   baseline: Mapping[str, float]) -> dict[str, float]:
+    """Every evaluator on val (the split the search scored), and accuracy on test, with its drop when known."""
+    from search.trial import measure  # torch-backed; imported here so verify can use this module without it
+
+    checked = measure(model, data.val, evaluators)
+    scorer = accuracy_evaluator(evaluators)
+    if scorer is not None:
+        checked["test_accuracy"] = float(scorer.measure(model, data.test)["accuracy"])
+        if "test_accuracy" in baseline:
+            checked["test_accuracy_drop"] = float(baseline["test_accuracy"]) - checked["test_accuracy"]
+    return checked
+
+
+def check_measured(checked: Mapping[str, float], expected: Mapping[str, float], number: int,
+                   tolerance: float) -> None:
+    """Same file, same data, same ONNX Runtime: the re-measured accuracies are the expected ones."""
+    for metric, split in (("accuracy", "val"), ("test_accuracy", "test")):
+        if metric in expected and metric in checked and abs(checked[metric] - expected[metric]) > tolerance:
+            raise RuntimeError(f"exported model scores {checked[metric]:.4f}% on the {split} split but trial "
+                               f"{number} logged {expected[metric]:.4f}%: the data or the artifact differ from "
+                               "the search's")
+
+
 def write_package(result: TrialResult, *, out_dir: Path, data: DataSplits, evaluators: Sequence[Evaluator],
                   baseline: Mapping[str, float], study_name: str, include_fp32: bool = True,
+                  logged: TrialResult | None = None, accept_rebuilt: bool = False,
                   tolerance: float = 1e-9) -> dict[str, Any]:
     """Fill ``out_dir`` with the package of ``result`` and return its manifest.
 
-    The re-measured accuracy must equal the trial's logged one: same file, same data,
-    same ONNX Runtime. A mismatch means the artifact or the data changed, so it fails.
-    """
-    from search.trial import measure  # torch-backed; imported here so verify can use this module without it
+    ``logged`` is the study's record of the trial when ``result`` was rebuilt from its plan.
+    A rebuild whose sha256 or val accuracy differs from the record stops the export before
+    anything is written, unless ``accept_rebuilt``; then the rebuild ships with its own
+    metrics and the manifest keeps the logged figures.
 
+    The re-measured accuracies must equal the expected ones (the logged trial's, or an
+    accepted rebuild's own): same file, same data, same ONNX Runtime. A mismatch means the
+    artifact or the data changed, so it fails.
+    """
+    differs = rebuild_differences(result, logged) if logged is not None else {}
+    if differs and not accept_rebuilt:
+        raise RebuildMismatchError(mismatch_message(result.number, differs))
+    record = result if differs else (logged or result)
     out_dir = Path(out_dir)
     prepare_folder(out_dir)
     names = copy_files(result, out_dir, include_fp32=include_fp32)
-    checked = measure(out_dir / MODEL, data, evaluators)
-    if abs(checked["accuracy"] - result.metrics["accuracy"]) > tolerance:
-        raise RuntimeError(f"exported model scores {checked['accuracy']:.4f}% but trial {result.number} logged "
-                           f"{result.metrics['accuracy']:.4f}%: the data or the artifact differ from the search's")
+    checked = measure_splits(out_dir / MODEL, data, evaluators, baseline)
+    check_measured(checked, record.metrics, result.number, tolerance)
+    metrics = dict(record.metrics)
+    if differs:  # the rebuild was never scored on test: its own number is the one just measured
+        metrics.update({k: checked[k] for k in ("test_accuracy", "test_accuracy_drop") if k in checked})
     manifest = {
         "format": FORMAT,
         "study": study_name,
         "trial": result.number,
+        "rebuilt": logged is not None,
+        **({"logged": logged_figures(logged, differs)} if differs else {}),
         "plan": result.plan.to_dict(),
-        "metrics": dict(result.metrics),
+        "metrics": metrics,
         "measured_at_export": checked,
         "baseline_metrics": dict(baseline),
+        "splits": {"val": data_fingerprint(data.val), "test": data_fingerprint(data.test)},
         "input": {"name": "input", "shape": [1, *data.input_shape], "dtype": "float32"},
         "num_classes": data.num_classes,
         "preprocessing": data.preprocessing,
-        "eval_data": data_fingerprint(data.eval),
+        "cpu": cpu_info(),
         "latency_setup": latency_setup(evaluators),
         "versions": versions(),
         "files": {name: file_sha256(out_dir / name) for name in names},
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return manifest
+
+
+def logged_figures(logged: TrialResult, differs: Mapping[str, Any]) -> dict[str, Any]:
+    """What the study recorded for the trial an accepted rebuild replaced, and which of it differs."""
+    kept = {k: logged.metrics[k] for k in ("accuracy", "test_accuracy") if k in logged.metrics}
+    return {**kept, "sha256": logged.sha256, "differs": sorted(differs)}
 
 
 def write_zip(out_dir: Path, zip_path: Path, root: str) -> Path:

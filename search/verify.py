@@ -1,13 +1,19 @@
 """``autosqueeze verify PACKAGE``: does a deploy package still hold what its manifest promises?
 
-Four checks, each printed as one PASS/FAIL line, all run even after a failure:
+Five checks, each printed as one PASS/FAIL/SKIP line, all run even after a failure:
 
-* files    - every file the manifest lists is there with its sha256, and nothing else is;
-* accuracy - re-measured on the eval set, exactly the manifest's (same data gives the same number);
-* latency  - batch 1, timed as at export (``latency_setup``, one thread by default), at most
+* files         - every file the manifest lists is there with its sha256, and nothing else is;
+* accuracy      - re-measured on the val split, the manifest's ``metrics.accuracy`` (what the search selected on);
+* test_accuracy - re-measured on the test split, the manifest's ``test_accuracy`` (reported only);
+* latency       - batch 1, timed as at export (``latency_setup``, one thread by default), at most
   ``max_slowdown`` times the manifest's: machines differ, so only a big slowdown fails;
-* predict  - ``predict.py`` runs in a fresh interpreter where torch cannot be imported, and
+* predict       - ``predict.py`` runs in a fresh interpreter where torch cannot be imported, and
   prints the classes ONNX Runtime's arg-max gives.
+
+Both accuracies must equal the manifest's exactly on a CPU with the instruction-set flags
+the manifest records: same file, same data, same kernels give the same number. A CPU with
+other flags runs other int8 kernels (VNNI, AMX, AVX2's saturating multiply-add), which can
+flip a few samples, so there ``accuracy_tolerance`` points are allowed and the line says why.
 
 Only numpy, onnxruntime and the standard library are used here; torch is never imported.
 """
@@ -28,7 +34,7 @@ from evaluators._session import make_session
 from evaluators.accuracy import Accuracy
 from evaluators.base import EvalData
 from evaluators.latency import Latency, interleaved
-from search.package import MANIFEST, MODEL, PREDICT, data_fingerprint, file_sha256
+from search.package import MANIFEST, MODEL, PREDICT, cpu_info, data_fingerprint, file_sha256
 from search.predict_template import preprocess
 
 # Runs predict.py as a deploy target would: isolated mode, and torch made unimportable.
@@ -41,12 +47,15 @@ NO_TORCH = ("import runpy, sys\n"
 @dataclass(frozen=True)
 class VerifySettings:
     max_slowdown: float = 1.5     # latency fails only above this many times the manifest's
-    predict_samples: int = 8      # eval samples predict.py is run on
+    accuracy_tolerance: float = 0.2  # points allowed on a CPU with other instruction-set flags than the export's
+    predict_samples: int = 8      # val samples predict.py is run on
     predict_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         if self.max_slowdown < 1.0:
             raise ValueError(f"export.verify.max_slowdown={self.max_slowdown}; allowed: >= 1.0")
+        if not 0.0 <= self.accuracy_tolerance <= 100.0:
+            raise ValueError(f"export.verify.accuracy_tolerance={self.accuracy_tolerance}; allowed: 0 to 100 points")
         if self.predict_samples < 1:
             raise ValueError(f"export.verify.predict_samples={self.predict_samples}; allowed: >= 1")
 
@@ -98,16 +107,72 @@ def check_files(folder: Path, manifest: Mapping[str, Any]) -> Check:
     return Check("files", True, f"{len(listed)} files match their manifest sha256 ({', '.join(listed)})")
 
 
-def check_accuracy(folder: Path, manifest: Mapping[str, Any], data: EvalData, accuracy: Accuracy) -> Check:
-    """Exact equality: same file, same data and same ONNX Runtime give the same number."""
-    expected = float(manifest["metrics"]["accuracy"])
+@dataclass(frozen=True)
+class Expected:
+    """One accuracy the manifest promises: on which split, which number, and the data it was measured on."""
+
+    check: str
+    split: str
+    accuracy: float | None
+    fingerprint: Mapping[str, Any] | None
+
+
+def expectations(manifest: Mapping[str, Any]) -> list[Expected]:
+    """The val and test accuracies of the manifest; a format-1 package measured one split, the test data."""
+    metrics, at_export = manifest.get("metrics", {}), manifest.get("measured_at_export", {})
+    splits = manifest.get("splits")
+    if splits is None:
+        return [Expected("accuracy", "test", metrics.get("accuracy"), manifest.get("eval_data")),
+                Expected("test_accuracy", "test", None, None)]
+    test = metrics.get("test_accuracy", at_export.get("test_accuracy"))
+    return [Expected("accuracy", "val", metrics.get("accuracy"), splits.get("val")),
+            Expected("test_accuracy", "test", test, splits.get("test"))]
+
+
+def allowed_difference(manifest: Mapping[str, Any], tolerance: float) -> tuple[float, str]:
+    """0 on a CPU with the export machine's flags; elsewhere ``tolerance`` points, with the reason."""
+    recorded = manifest.get("cpu") if isinstance(manifest.get("cpu"), Mapping) else {}
+    here = cpu_info()
+    then, now = recorded.get("isa"), here["isa"]
+    if then is None or now is None:
+        unknown = "the manifest records" if then is None else "this machine shows"
+        return tolerance, f"{unknown} no CPU instruction-set flags"
+    if recorded.get("arch") not in (None, here["arch"]):
+        return tolerance, f"this CPU is {here['arch']}, the export's was {recorded['arch']}"
+    lacks, adds = sorted(set(then) - set(now)), sorted(set(now) - set(then))
+    if not lacks and not adds:
+        return 0.0, ""
+    changes = [f"lacks {', '.join(lacks)}" if lacks else "", f"adds {', '.join(adds)}" if adds else ""]
+    return tolerance, (f"this CPU ({here['model']}) {' and '.join(c for c in changes if c)} against the export's "
+                       f"({recorded.get('model', 'unknown')}): ONNX Runtime runs other int8 kernels")
+
+
+def check_accuracy(folder: Path, expected: Expected, data: EvalData | None, accuracy: Accuracy,
+                   rule: tuple[float, str]) -> Check:
+    """The manifest's number on the same split: exactly on the same CPU flags, within the tolerance elsewhere."""
+    if expected.accuracy is None:
+        return Check(expected.check, True, f"the manifest records no {expected.split} accuracy", skipped=True)
+    if data is None:
+        return Check(expected.check, True, f"no {expected.split} split given to re-measure it on", skipped=True)
+    allowed, reason = rule
+    wanted = float(expected.accuracy)
     measured = accuracy.measure(folder / MODEL, data)["accuracy"]
-    same_data = manifest.get("eval_data") in (None, data_fingerprint(data))
-    detail = f"{measured:.4f}% measured on {len(data.labels)} eval samples, manifest {expected:.4f}%"
+    same_data = expected.fingerprint in (None, data_fingerprint(data))
+    within = measured == wanted if allowed == 0 else abs(measured - wanted) <= allowed + 1e-9
+    detail = (f"{measured:.4f}% measured on {len(data.labels)} {expected.split} samples, manifest {wanted:.4f}%; "
+              f"{tolerance_text(allowed, reason)}")
     if not same_data:
-        detail += (f" (the eval data differ from the export's: {manifest['eval_data']['samples']} samples, "
-                   "another sha256; pass the data overrides the search used)")
-    return Check("accuracy", measured == expected and same_data, detail)
+        detail += (f" (the {expected.split} data differ from the export's: {expected.fingerprint['samples']} "
+                   "samples, another sha256; pass the data overrides the search used)")
+    return Check(expected.check, within and same_data, detail)
+
+
+def tolerance_text(allowed: float, reason: str) -> str:
+    if not reason:
+        return "exact match required (same CPU flags as at export)"
+    if not allowed:
+        return f"exact match required by export.verify.accuracy_tolerance=0, although {reason}"
+    return f"allowed {allowed:.2f} points because {reason}"
 
 
 def check_latency(folder: Path, manifest: Mapping[str, Any], data: EvalData, settings: VerifySettings) -> Check:
@@ -148,7 +213,7 @@ def run_predict(folder: Path, images: np.ndarray, timeout: float) -> subprocess.
 
 
 def check_predict(folder: Path, manifest: Mapping[str, Any], data: EvalData, settings: VerifySettings) -> Check:
-    """predict.py's printed classes equal ONNX Runtime's arg-max on the same eval samples."""
+    """predict.py's printed classes equal ONNX Runtime's arg-max on the same val samples."""
     inputs = np.ascontiguousarray(data.inputs[:settings.predict_samples], dtype=np.float32)
     session = make_session(folder / MODEL, threads=1)
     expected = [int(np.asarray(session.run(None, {session.get_inputs()[0].name: inputs[i:i + 1]})[0]).argmax())
@@ -178,18 +243,22 @@ def guarded_check(name: str, run: Callable[[], Check]) -> Check:
         return Check(name, False, f"{type(exc).__name__}: {text[0] if text else 'no details'}")
 
 
-def verify_package(package: Path, *, data: EvalData, accuracy: Accuracy | None = None,
+def verify_package(package: Path, *, val: EvalData, test: EvalData | None = None, accuracy: Accuracy | None = None,
                    settings: VerifySettings = VerifySettings()) -> list[Check]:
-    """Run every check on ``package`` (a folder or a zip) against ``data``, the search's eval split."""
+    """Run every check on ``package`` (a folder or a zip) against the search's ``val`` and ``test`` splits."""
     with tempfile.TemporaryDirectory(prefix="autosqueeze-verify-") as tmp:
         folder = open_package(Path(package), Path(tmp))
         try:
             manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             return [Check("manifest", False, f"{MANIFEST} is unreadable: {exc}")]
+        rule = allowed_difference(manifest, settings.accuracy_tolerance)
+        splits = {"val": val, "test": test}
+        scorer = accuracy or Accuracy()
         return [
             guarded_check("files", lambda: check_files(folder, manifest)),
-            guarded_check("accuracy", lambda: check_accuracy(folder, manifest, data, accuracy or Accuracy())),
-            guarded_check("latency", lambda: check_latency(folder, manifest, data, settings)),
-            guarded_check("predict", lambda: check_predict(folder, manifest, data, settings)),
+            *(guarded_check(e.check, lambda e=e: check_accuracy(folder, e, splits[e.split], scorer, rule))
+              for e in expectations(manifest)),
+            guarded_check("latency", lambda: check_latency(folder, manifest, val, settings)),
+            guarded_check("predict", lambda: check_predict(folder, manifest, val, settings)),
         ]

@@ -21,10 +21,10 @@ from mlflow.tracking import MlflowClient
 from evaluators import Accuracy, Latency, Objective, Size
 from search.export import ExportSettings, export_command
 from search.finetune import FinetuneSettings
-from search.package import PACKAGE_FILES, write_zip
+from search.package import ISA_FLAGS, PACKAGE_FILES, cpu_info, write_zip
 from search.predict_template import preprocess
 from search.runner import Job, run_search
-from search.study import SearchSettings, results
+from search.study import SearchSettings, baseline_of, results
 from search.tracking import TrackingSettings
 from spaces.space import PruneSpec, QuantSpec
 from stores import baseline_cache, fresh_mlflow_store
@@ -102,19 +102,44 @@ def test_manifest_records_plan_metrics_baseline_preprocessing_and_versions(expor
     manifest = json.loads((folder / "manifest.json").read_text())
     study = job_study(job)
     trial = results(study)[1]
-    assert manifest["trial"] == 1 and manifest["study"] == STUDY
+    assert manifest["trial"] == 1 and manifest["study"] == STUDY and manifest["rebuilt"] is False
+    assert "logged" not in manifest
     assert manifest["plan"] == trial.plan.to_dict() and set(trial.plan.quant.values()) == {"int8"}
     assert manifest["metrics"] == dict(trial.metrics)
     assert manifest["measured_at_export"]["accuracy"] == trial.metrics["accuracy"]
-    assert manifest["baseline_metrics"] == study.user_attrs["baseline"]
+    assert manifest["baseline_metrics"] == baseline_of(study)
     assert manifest["preprocessing"] == small_splits.preprocessing
     assert manifest["input"]["shape"] == [1, 1, 28, 28]
-    assert manifest["eval_data"]["samples"] == 500
     assert manifest["latency_setup"] == {"warmup": 10, "runs": 20, "threads": 1}
     assert manifest["versions"]["onnxruntime"] == ort.__version__
     requirements = (folder / "requirements.txt").read_text()
     assert f"onnxruntime=={ort.__version__}" in requirements and "numpy" in requirements
     assert "torch" not in requirements
+
+
+def test_manifest_keeps_the_val_accuracy_it_was_selected_on_apart_from_the_test_accuracy(exported, small_splits):
+    job, folder, _ = exported
+    manifest = json.loads((folder / "manifest.json").read_text())
+    trial, baseline = results(job_study(job))[1], baseline_of(job_study(job))
+    assert trial.metrics["test_accuracy"] != trial.metrics["accuracy"]  # else the test could not tell them apart
+    assert manifest["metrics"]["accuracy"] == manifest["measured_at_export"]["accuracy"]
+    assert manifest["metrics"]["test_accuracy"] == manifest["measured_at_export"]["test_accuracy"]
+    assert manifest["measured_at_export"]["test_accuracy_drop"] == baseline["test_accuracy"] - trial.metrics[
+        "test_accuracy"]
+    assert manifest["splits"]["val"]["samples"] == len(small_splits.val.labels) == 500
+    assert manifest["splits"]["test"]["samples"] == len(small_splits.test.labels) == 500
+    assert manifest["splits"]["val"]["sha256"] != manifest["splits"]["test"]["sha256"]
+
+
+def test_manifest_records_the_cpu_flags_the_kernels_depend_on(exported, tmp_path):
+    manifest = json.loads((exported[1] / "manifest.json").read_text())
+    assert manifest["cpu"] == cpu_info() and set(manifest["cpu"]["isa"]) <= ISA_FLAGS
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 fma avx512_vnni amx_int8\n"
+                       "processor\t: 1\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 fma avx512_vnni amx_int8\n")
+    found = cpu_info(cpuinfo)
+    assert found["model"] == "Some CPU" and found["isa"] == ["amx_int8", "avx2", "avx512_vnni", "fma"]
+    assert cpu_info(tmp_path / "absent")["isa"] is None and cpu_info(tmp_path / "absent")["model"]
 
 
 def raw_test_images(count: int) -> np.ndarray:

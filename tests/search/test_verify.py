@@ -11,7 +11,9 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from evaluators.base import EvalData
 from search.cli import data_splits, load_config, main
+from search.package import cpu_info
 from search.verify import Check, VerifySettings, verify_package
 from stores import fresh_mlflow_store
 
@@ -38,8 +40,10 @@ def package(tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def eval_data(package):
-    return data_splits(load_config(package[1])).eval
+def splits(package) -> dict[str, EvalData]:
+    """The val and test splits the search used, as ``verify_package`` keywords."""
+    found = data_splits(load_config(package[1]))
+    return {"val": found.val, "test": found.test}
 
 
 def rezip(source: Path, target: Path, edit: Callable[[dict[str, bytes]], None]) -> Path:
@@ -70,9 +74,11 @@ def test_cli_verify_passes_on_the_exported_zip(package, capsys):
     capsys.readouterr()
     assert main(["verify", str(zip_path), *overrides, "export.verify.max_slowdown=1000"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split(":")[0] for line in lines[:4]] == ["PASS files", "PASS accuracy", "PASS latency",
-                                                          "PASS predict"]
-    assert "8 raw uint8 images: 8/8 classes match" in lines[3]
+    assert [line.split(":")[0] for line in lines[:5]] == ["PASS files", "PASS accuracy", "PASS test_accuracy",
+                                                          "PASS latency", "PASS predict"]
+    assert "on 200 val samples" in lines[1] and "on 200 test samples" in lines[2]
+    assert "exact match required (same CPU flags as at export)" in lines[1]
+    assert "8 raw uint8 images: 8/8 classes match" in lines[4]
     assert lines[-1].startswith("verify: all checks passed")
 
 
@@ -86,48 +92,109 @@ def test_cli_verify_exits_1_and_names_the_failing_check(package, tmp_path, capsy
     assert "verify: FAILED (accuracy)" in out
 
 
-def test_verify_passes_on_the_deploy_folder_too(package, eval_data):
+def test_verify_passes_on_the_deploy_folder_too(package, splits):
     folder = package[0].parent / "deploy"
-    checks = verify_package(folder, data=eval_data, settings=RELAXED)
+    checks = verify_package(folder, **splits, settings=RELAXED)
     assert all(c.ok for c in checks), [c.line() for c in checks]
 
 
-def test_tampered_model_fails_the_files_check(package, eval_data, tmp_path):
+def test_tampered_model_fails_the_files_check(package, splits, tmp_path):
     def swap(files: dict[str, bytes]) -> None:
         files["model.onnx"] = files["model_fp32.onnx"]  # a valid model, just not the listed one
 
-    checks = by_name(verify_package(rezip(package[0], tmp_path / "t.zip", swap), data=eval_data, settings=RELAXED))
+    checks = by_name(verify_package(rezip(package[0], tmp_path / "t.zip", swap), **splits, settings=RELAXED))
     assert not checks["files"].ok and "model.onnx sha256" in checks["files"].detail
 
 
-def test_missing_file_fails_files_and_predict(package, eval_data, tmp_path):
+def test_missing_file_fails_files_and_predict(package, splits, tmp_path):
     checks = by_name(verify_package(rezip(package[0], tmp_path / "m.zip", lambda f: f.pop("predict.py")),
-                                    data=eval_data, settings=RELAXED))
+                                    **splits, settings=RELAXED))
     assert not checks["files"].ok and "predict.py missing" in checks["files"].detail
     assert not checks["predict"].ok
     assert checks["accuracy"].ok
 
 
-def test_unlisted_file_fails_the_files_check(package, eval_data, tmp_path):
+def test_unlisted_file_fails_the_files_check(package, splits, tmp_path):
     checks = by_name(verify_package(rezip(package[0], tmp_path / "x.zip", lambda f: f.update({"extra.py": b"1"})),
-                                    data=eval_data, settings=RELAXED))
+                                    **splits, settings=RELAXED))
     assert not checks["files"].ok and "extra.py not in the manifest" in checks["files"].detail
 
 
-def test_latency_far_above_the_manifest_fails(package, eval_data, tmp_path):
+def test_latency_far_above_the_manifest_fails(package, splits, tmp_path):
     def instant(manifest: dict) -> None:
         manifest["metrics"]["latency_ms"] = manifest["measured_at_export"]["latency_ms"] = 1e-9
 
     checks = by_name(verify_package(rezip(package[0], tmp_path / "l.zip", edit_manifest(instant)),
-                                    data=eval_data))
+                                    **splits))
     assert not checks["latency"].ok and "limit 1.50x" in checks["latency"].detail
     assert checks["files"].ok and checks["accuracy"].ok
 
 
-def test_other_eval_data_fails_the_accuracy_check_and_says_why(package):
-    other = data_splits(load_config([*package[1], "data.eval_limit=150"])).eval
-    checks = by_name(verify_package(package[0], data=other, settings=RELAXED))
-    assert not checks["accuracy"].ok and "eval data differ" in checks["accuracy"].detail
+def test_other_data_fails_both_accuracy_checks_and_says_why(package):
+    other = data_splits(load_config([*package[1], "data.eval_limit=150"]))
+    checks = by_name(verify_package(package[0], val=other.val, test=other.test, settings=RELAXED))
+    assert not checks["accuracy"].ok and "val data differ" in checks["accuracy"].detail
+    assert not checks["test_accuracy"].ok and "test data differ" in checks["test_accuracy"].detail
+
+
+def shifted(points: float, cpu: dict | None = None) -> Callable[[dict[str, bytes]], None]:
+    """A manifest whose val and test accuracies are ``points`` off, exported on ``cpu`` (this one if None)."""
+    def change(manifest: dict) -> None:
+        for section in ("metrics", "measured_at_export"):  # a trial the search did not test has it only at export
+            for name in set(manifest[section]) & {"accuracy", "test_accuracy"}:
+                manifest[section][name] += points
+        if cpu is not None:
+            manifest["cpu"] = cpu
+    return edit_manifest(change)
+
+
+def test_on_the_same_cpu_flags_the_accuracies_must_match_exactly(package, splits, tmp_path):
+    checks = by_name(verify_package(rezip(package[0], tmp_path / "s.zip", shifted(0.1)), **splits, settings=RELAXED))
+    for name in ("accuracy", "test_accuracy"):
+        assert not checks[name].ok and "exact match required" in checks[name].detail, checks[name].line()
+    assert checks["files"].ok  # manifest.json is not among the hashed files
+
+
+def other_cpu() -> dict:
+    here = cpu_info()
+    flags = set(here["isa"] or [])
+    return {**here, "model": "Other CPU", "isa": sorted(flags ^ {"avx512_vnni", "amx_int8"})}
+
+
+def test_on_other_cpu_flags_a_stated_tolerance_applies_and_the_line_says_why(package, splits, tmp_path):
+    near = rezip(package[0], tmp_path / "near.zip", shifted(0.1, other_cpu()))
+    checks = by_name(verify_package(near, **splits, settings=RELAXED))
+    for name in ("accuracy", "test_accuracy"):
+        line = checks[name].line()
+        assert checks[name].ok and "allowed 0.20 points because this CPU" in line, line
+        assert "against the export's (Other CPU)" in line and "other int8 kernels" in line
+        assert "avx512_vnni" in line and "amx_int8" in line
+    far = rezip(package[0], tmp_path / "far.zip", shifted(0.5, other_cpu()))
+    checks = by_name(verify_package(far, **splits, settings=RELAXED))
+    assert not checks["accuracy"].ok and not checks["test_accuracy"].ok
+    wider = by_name(verify_package(far, **splits, settings=VerifySettings(max_slowdown=1000.0,
+                                                                          accuracy_tolerance=0.6)))
+    assert wider["accuracy"].ok and "allowed 0.60 points" in wider["accuracy"].detail
+
+
+def test_a_manifest_without_cpu_flags_gets_the_tolerance(package, splits, tmp_path):
+    unknown = rezip(package[0], tmp_path / "u.zip", shifted(0.1, {"model": "unknown", "isa": None}))
+    checks = by_name(verify_package(unknown, **splits, settings=RELAXED))
+    assert checks["accuracy"].ok and "the manifest records no CPU instruction-set flags" in checks["accuracy"].detail
+
+
+def test_a_format_1_package_is_checked_on_the_test_split_it_was_measured_on(package, splits, tmp_path):
+    def older(manifest: dict) -> None:  # one "eval" split, which was the test data, and no cpu entry
+        manifest["eval_data"] = manifest.pop("splits")["test"]
+        manifest["metrics"]["accuracy"] = manifest["measured_at_export"]["test_accuracy"]
+        for name in ("cpu", "rebuilt"):
+            manifest.pop(name)
+        manifest["format"] = 1
+
+    checks = by_name(verify_package(rezip(package[0], tmp_path / "f1.zip", edit_manifest(older)), **splits,
+                                    settings=RELAXED))
+    assert checks["accuracy"].ok and "200 test samples" in checks["accuracy"].detail
+    assert checks["test_accuracy"].skipped
 
 
 @pytest.mark.parametrize("args, expected", [([], "needs a package path"),
@@ -144,15 +211,17 @@ import numpy as np
 from evaluators.base import EvalData
 from search.verify import VerifySettings, verify_package
 arrays = np.load(sys.argv[2])
-checks = verify_package(sys.argv[1], data=EvalData(arrays["x"], arrays["y"]), settings=VerifySettings(max_slowdown=1e3))
+val, test = EvalData(arrays["vx"], arrays["vy"]), EvalData(arrays["tx"], arrays["ty"])
+checks = verify_package(sys.argv[1], val=val, test=test, settings=VerifySettings(max_slowdown=1e3))
 print("\\n".join(c.line() for c in checks))
 """
 
 
-def test_the_package_checks_run_where_torch_cannot_be_imported(package, eval_data, tmp_path):
-    np.savez(tmp_path / "eval.npz", x=eval_data.inputs, y=eval_data.labels)
+def test_the_package_checks_run_where_torch_cannot_be_imported(package, splits, tmp_path):
+    np.savez(tmp_path / "eval.npz", vx=splits["val"].inputs, vy=splits["val"].labels,
+             tx=splits["test"].inputs, ty=splits["test"].labels)
     done = subprocess.run([sys.executable, "-c", NO_TORCH_VERIFY, str(package[0]), str(tmp_path / "eval.npz")],
                           cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [line.split(":")[0] for line in done.stdout.strip().splitlines()] == [
-        "PASS files", "PASS accuracy", "PASS latency", "PASS predict"]
+        "PASS files", "PASS accuracy", "PASS test_accuracy", "PASS latency", "PASS predict"]
