@@ -97,7 +97,7 @@ def export_command(job: Any, settings: ExportSettings) -> int:
     manifest = write_package(shipped, out_dir=out, data=job.data, evaluators=job.evaluators,
                              baseline=baseline_of(study), study_name=job.search.study_name,
                              include_fp32=settings.include_fp32, logged=rebuilt_from,
-                             accept_rebuilt=settings.accept_rebuilt)
+                             accept_rebuilt=settings.accept_rebuilt, config=_data_config(job.config))
     name = package_name(job.search.study_name, shipped.number)
     archive = write_zip(out, zip_path_for(out, job.search.study_name, shipped.number), name)
     print(summary(manifest, logged, out))
@@ -132,3 +132,8 @@ def log_to_mlflow(job: Any, study: optuna.Study, out: Path, archive: Path, manif
         version = tracker.register_model(run_id, out / "model.onnx", registered_name, manifest)
         if version:
             print(f"registered in MLflow as model {registered_name!r} version {version}")
+
+
+def _data_config(config: dict) -> dict | None:
+    """What verify needs to rebuild the splits: the data group and the seed the hold-out is drawn with."""
+    return {"data": config["data"], "seed": config["seed"]} if config.get("data") else None

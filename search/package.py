@@ -199,13 +199,14 @@ def check_measured(checked: Mapping[str, float], expected: Mapping[str, float], 
 def write_package(result: TrialResult, *, out_dir: Path, data: DataSplits, evaluators: Sequence[Evaluator],
                   baseline: Mapping[str, float], study_name: str, include_fp32: bool = True,
                   logged: TrialResult | None = None, accept_rebuilt: bool = False,
-                  tolerance: float = 1e-9) -> dict[str, Any]:
+                  config: Mapping[str, Any] | None = None, tolerance: float = 1e-9) -> dict[str, Any]:
     """Fill ``out_dir`` with the package of ``result`` and return its manifest.
 
     ``logged`` is the study's record of the trial when ``result`` was rebuilt from its plan.
     A rebuild whose sha256 or val accuracy differs from the record stops the export before
     anything is written, unless ``accept_rebuilt``; then the rebuild ships with its own
-    metrics and the manifest keeps the logged figures.
+    metrics and the manifest keeps the logged figures. ``config`` (the data settings the study
+    was searched with) lets ``autosqueeze verify`` rebuild the same splits without being told.
 
     The re-measured accuracies must equal the expected ones (the logged trial's, or an
     accepted rebuild's own): same file, same data, same ONNX Runtime. A mismatch means the
@@ -238,6 +239,7 @@ def write_package(result: TrialResult, *, out_dir: Path, data: DataSplits, evalu
         "num_classes": data.num_classes,
         "preprocessing": data.preprocessing,
         "cpu": cpu_info(),
+        **({"config": dict(config)} if config else {}),
         "latency_setup": latency_setup(evaluators),
         "versions": versions(),
         "files": {name: file_sha256(out_dir / name) for name in names},
