@@ -1,8 +1,8 @@
 """A search space: the knobs found in one model, and how a sampled plan is applied to it."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 from torch import nn
@@ -42,9 +42,16 @@ class QuantSpec:
     precisions: tuple[str, ...] = ("fp32", "int8", "int16", "int4")
     exclude: tuple[str, ...] = ()
     settings: QuantSettings = field(default_factory=QuantSettings)
+    # Weight-only precisions (int4, int16, fp16) run as DequantizeLinear + fp32 compute on CPU:
+    # with latency as an objective they are offered only on layers this cheap in the profile.
+    latency_aware: bool = True
+    int4_max_latency_share: float = 0.02
 
     def __post_init__(self) -> None:
         Precision("space.quant.precisions", self.precisions)
+        if not 0.0 <= self.int4_max_latency_share <= 1.0:
+            raise PlanError(f"space.quant.int4_max_latency_share={self.int4_max_latency_share!r} is outside [0, 1]; "
+                            "it is a layer's share of the baseline's latency")
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,15 @@ class Space:
                 raise PlanError(f"{name}: not a knob of this space; knobs are: {shown}")
             if not knobs[name].allows(value):
                 raise PlanError(f"{name}={value!r} is outside the space")
+
+    def with_choices(self, choices: Mapping[str, tuple]) -> Space:
+        """This space with other values for the named knobs (``{knob name: choices}``); order unchanged."""
+        unknown = sorted(set(choices) - {k.name for k in self.knobs})
+        if unknown:
+            raise PlanError(f"{unknown[0]}: not a knob of this space")
+        prune = tuple(replace(k, choices=tuple(choices[k.name])) if k.name in choices else k for k in self.prune_knobs)
+        quant = tuple(replace(k, choices=tuple(choices[k.name])) if k.name in choices else k for k in self.quant_knobs)
+        return replace(self, prune_knobs=prune, quant_knobs=quant)
 
     def uniform(self, ratio: float, precision: str) -> Plan:
         """The plan a user would write by hand: one ratio and one precision everywhere."""
