@@ -22,6 +22,7 @@ from search.baseline import cache_key, training_data
 from search.confirm import ConfirmSettings
 from search.finetune import FinetuneSettings
 from search.onnx_export import ExportError
+from search.profile import ProfileSettings
 from search.recorded_config import (ATTR, conflicts, effective, flatten, is_locating, masked_keys, override_key,
                                     package_manifest, record, refusal)
 from search.secrets import redact
@@ -82,13 +83,14 @@ def quant_spec(cfg: DictConfig) -> QuantSpec:
     q = plain(cfg.space.quant)
     settings = QuantSettings(activation_type=q["activation_type"], per_channel=q["per_channel"],
                              calibration=q["calibration"], calib_batch_size=q["calib_batch_size"])
-    return QuantSpec(precisions=tuple(q["precisions"]), exclude=tuple(q["exclude"]), settings=settings)
+    latency = {k: q[k] for k in ("latency_aware", "int4_max_latency_share") if k in q}  # absent in older records
+    return QuantSpec(precisions=tuple(q["precisions"]), exclude=tuple(q["exclude"]), settings=settings, **latency)
 
 
 def search_settings(cfg: DictConfig) -> SearchSettings:
     s = plain(cfg.search)
-    for nested in ("finetune", "heartbeat", "confirm"):
-        s.pop(nested)
+    for nested in ("finetune", "heartbeat", "confirm", "profile"):
+        s.pop(nested, None)
     return SearchSettings(**s)
 
 
@@ -183,6 +185,7 @@ def build_job(cfg: DictConfig):
               finetune=FinetuneSettings(**plain(cfg.search.finetune)), prune=prune, quant=quant,
               tracking=tracking, storage=cfg.storage, heartbeat=HeartbeatSettings(**plain(cfg.search.heartbeat)),
               confirm=ConfirmSettings(**plain(cfg.search.confirm)),
+              profile=ProfileSettings(**plain(cfg.search.get("profile") or {})),
               settings_params=settings_params(cfg), config=record(plain(cfg)))
     job.check()
     return job

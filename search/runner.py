@@ -21,6 +21,8 @@ from search.fingerprint import check_fingerprint, fingerprint
 from search.finetune import FinetuneSettings
 from search.onnx_export import export_onnx
 from search.plots import write_plots
+from search.profile import ProfileSettings
+from search.profiled import profiled
 from search.progress import Progress
 from search.secrets import redact
 from search.storage import HeartbeatSettings, make_storage, storage_url
@@ -63,6 +65,7 @@ class Job:
     storage: str | None = None
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
+    profile: ProfileSettings | None = field(default_factory=ProfileSettings)  # None: no profile, seeds or narrowing
     settings_params: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)  # the composed config, recorded on a new study
 
@@ -213,6 +216,7 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
             study.set_user_attr("mlflow_parent_run_id", parent)
             tracker.log_baseline(parent, ctx.baseline_metrics)
     enqueue_references(study, ctx, job.search.reference_ratio)
+    ctx = profiled(study, ctx, job, tracker=tracker, parent=parent)
     limit = FailureLimit(job.search.max_failures)
     budget = job.search.n_trials
     done = completed(study)

@@ -1,0 +1,137 @@
+"""The sensitivity profile: what each knob costs and buys, measured once per study before any trial.
+
+Per prune group: the accuracy lost by pruning that group alone (no fine-tuning) and the share
+of parameters and MACs it removes. Per layer: the error int8 adds there, and its share of the
+baseline's latency and size. Seeds (:mod:`search.seeds`) and the latency-aware precision
+choices (:mod:`search.narrow`) are derived from it; the report shows it.
+
+The profile is stored as the study's ``profile`` user attribute (and copied to
+``<run_dir>/profile.json``); a resume, or another worker, reads it back and measures nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search.trial import SearchContext
+
+log = logging.getLogger(__name__)
+ATTR = "profile"
+FILE = "profile.json"
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How the profile is measured (``search.profile``) and how seeds are drawn from it."""
+
+    enabled: bool = True
+    samples: int = 1000           # validation samples the prune costs are measured on
+    calib_samples: int = 32       # calibration samples whose activations int8 errors compare
+    latency_runs: int = 30        # profiled runs of the fp32 baseline, after 5 warm-up runs
+    budgets: tuple[float, ...] = (0.25, 0.4, 0.55)  # seed plans: share of parameters pruned away
+    mac_budget: float | None = 0.3  # one more seed: share of MACs pruned away (null: none)
+    fp32_margin_db: float = 10.0  # a layer this far below the median int8 SQNR stays fp32 in seeds
+    fp32_max_layers: int = 3      # at most this many such layers
+
+    def __post_init__(self) -> None:
+        for key in ("samples", "calib_samples", "latency_runs"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"search.profile.{key}={value!r} must be an integer >= 1")
+        object.__setattr__(self, "budgets", tuple(float(b) for b in self.budgets))
+        for budget in (*self.budgets, *([] if self.mac_budget is None else [self.mac_budget])):
+            if not 0 < budget < 1:
+                raise ValueError(f"search.profile budget {budget!r} is outside (0, 1); "
+                                 "a budget is the share of parameters (or MACs) to prune away")
+        if self.fp32_max_layers < 0:
+            raise ValueError(f"search.profile.fp32_max_layers={self.fp32_max_layers!r} must be >= 0")
+
+
+@dataclass(frozen=True)
+class PrunePoint:
+    """One group pruned alone at ``ratio``: points of accuracy lost, shares of the model removed."""
+
+    ratio: float
+    drop: float
+    params_share: float
+    macs_share: float
+
+
+@dataclass(frozen=True)
+class GroupProfile:
+    name: str                            # the group's root layer: the knob is ``prune.<name>``
+    points: tuple[PrunePoint, ...]       # by ratio, ascending
+
+    def at(self, ratio: float) -> PrunePoint | None:
+        return next((p for p in self.points if abs(p.ratio - ratio) < 1e-9), None)
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    name: str
+    int8_sqnr_db: float      # the layer's output in the all-int8 model vs fp32 (errors of earlier layers included)
+    int8_added_db: float     # the error int8 adds at this layer alone, as an SQNR (higher is better)
+    latency_share: float     # of the fp32 baseline's node time on ONNX Runtime, 1 thread
+    size_share: float        # of the baseline's fp32 weight bytes
+
+
+@dataclass(frozen=True)
+class Profile:
+    groups: tuple[GroupProfile, ...]
+    layers: tuple[LayerProfile, ...]
+    baseline_accuracy: float             # on the profile's validation subset, torch, eval mode
+    samples: int
+    seed: int
+    seconds: Mapping[str, float] = field(default_factory=dict)  # per part, and ``total``
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        return tuple(sorted({p.ratio for g in self.groups for p in g.points}))
+
+    def layer(self, name: str) -> LayerProfile | None:
+        return next((layer for layer in self.layers if layer.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Profile:
+        groups = tuple(GroupProfile(g["name"], tuple(PrunePoint(**p) for p in g["points"])) for g in data["groups"])
+        layers = tuple(LayerProfile(**layer) for layer in data["layers"])
+        return cls(groups=groups, layers=layers, baseline_accuracy=float(data["baseline_accuracy"]),
+                   samples=int(data["samples"]), seed=int(data["seed"]), seconds=dict(data.get("seconds", {})))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Profile:
+        return cls.from_dict(json.loads(text))
+
+
+def stored_profile(study: optuna.Study) -> Profile | None:
+    data = study.user_attrs.get(ATTR)
+    return None if data is None else Profile.from_dict(data)
+
+
+def load_or_measure(study: optuna.Study, ctx: SearchContext, settings: ProfileSettings) -> Profile:
+    """The study's profile: read back when it holds one, else measured now and stored on it."""
+    profile = stored_profile(study)
+    if profile is None:
+        from search.profile_measure import measure_profile
+
+        log.info("profiling %d prune groups and %d layers (once per study)", len(ctx.space.prune_knobs),
+                 len(ctx.space.quant_knobs))
+        profile = measure_profile(ctx, settings)
+        study.set_user_attr(ATTR, profile.to_dict())
+        log.info("profile measured in %.1f s", profile.seconds.get("total", 0.0))
+    path = Path(ctx.run_dir) / FILE
+    if not path.is_file() or Profile.from_json(path.read_text()) != profile:
+        path.write_text(profile.to_json())
+    return profile

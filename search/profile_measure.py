@@ -1,0 +1,97 @@
+"""Measuring the profile: prune costs on the torch model, int8 errors and shares on the ONNX baseline."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+import torch_pruning as tp
+
+from search.profile import GroupProfile, LayerProfile, Profile, ProfileSettings, PrunePoint
+from search.profile_onnx import int8_errors, latency_shares, size_shares
+from search.trial import Stopwatch
+from spaces.base import Plan
+from spaces.layers import layer_names
+from spaces.space import layer_of
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from evaluators.base import EvalData
+    from search.trial import SearchContext
+    from spaces.space import Space
+
+BATCH = 250
+
+
+def measure_profile(ctx: SearchContext, settings: ProfileSettings) -> Profile:
+    clock = Stopwatch()
+    with clock.stage("prune"):
+        groups, accuracy, samples = prune_costs(ctx, settings)
+    layers = layer_names(ctx.baseline)
+    with clock.stage("int8"):
+        calib = np.asarray(ctx.data.calib, dtype=np.float32)
+        errors = int8_errors(ctx.baseline_path, layers, calib, samples=calib[:settings.calib_samples],
+                             settings=ctx.space.quant_spec.settings)
+    with clock.stage("latency"):
+        latency = latency_shares(ctx.baseline_path, layers, ctx.space.example_input.numpy(),
+                                 runs=settings.latency_runs)
+    size = size_shares(ctx.baseline_path, layers)
+    clock.timings["total"] = round(sum(clock.timings.values()), 4)
+    profiled = tuple(LayerProfile(name, *errors.get(name, (math.nan, math.nan)), latency[name], size[name])
+                     for name in layers)
+    return Profile(groups=groups, layers=profiled, baseline_accuracy=accuracy, samples=samples, seed=ctx.seed,
+                   seconds=clock.timings)
+
+
+def profile_ratios(space: Space) -> tuple[float, ...]:
+    """The space's largest ratio and the ratio of its grid nearest half of it."""
+    if not space.prune_knobs:
+        return ()
+    knob = space.prune_knobs[0]
+    grid = knob.choices if knob.choices is not None else tuple(
+        float(r) for r in np.arange(knob.low, knob.high + knob.step / 2, knob.step))
+    top = max(grid)
+    if top <= 0:
+        return ()
+    inner = [r for r in grid if 0 < r < top]
+    half = min(inner, key=lambda r: abs(r - top / 2)) if inner else None
+    return tuple(sorted({top, *([half] if half is not None else [])}))
+
+
+def prune_costs(ctx: SearchContext, settings: ProfileSettings) -> tuple[tuple[GroupProfile, ...], float, int]:
+    """Each group pruned alone at each profile ratio, no fine-tuning: accuracy lost and model share removed."""
+    inputs, labels = val_subset(ctx.data.val, settings.samples, seed=ctx.seed)
+    base = top1(ctx.baseline, inputs, labels)
+    macs0, params0 = tp.utils.count_ops_and_params(ctx.baseline, ctx.space.example_input)
+    groups = []
+    for knob in ctx.space.prune_knobs:
+        group, points = layer_of(knob.name), []
+        for ratio in profile_ratios(ctx.space):
+            torch.manual_seed(ctx.seed)  # the "random" importance draws from torch's generator
+            pruned = ctx.space.apply(ctx.baseline, Plan(prune={group: ratio}))
+            macs, params = tp.utils.count_ops_and_params(pruned, ctx.space.example_input)
+            points.append(PrunePoint(ratio=ratio, drop=round(base - top1(pruned, inputs, labels), 4),
+                                     params_share=round(1 - params / params0, 6), macs_share=round(1 - macs / macs0, 6)))
+        groups.append(GroupProfile(group, tuple(points)))
+    return tuple(groups), base, len(labels)
+
+
+def val_subset(val: EvalData, n: int, *, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """``n`` validation samples drawn with ``seed``, in their original order."""
+    total = len(val.labels)
+    index = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+    return torch.from_numpy(np.asarray(val.inputs[index], dtype=np.float32)), np.asarray(val.labels[index])
+
+
+@torch.no_grad()
+def top1(model: nn.Module, inputs: torch.Tensor, labels: Sequence[int]) -> float:
+    """Accuracy (%) of ``model`` in eval mode; the model's own mode is restored after."""
+    training = model.training
+    model.eval()
+    try:
+        predicted = torch.cat([model(inputs[i:i + BATCH]).argmax(1) for i in range(0, len(inputs), BATCH)])
+    finally:
+        model.train(training)
+    return 100.0 * float((predicted.numpy() == np.asarray(labels)).mean())

@@ -1,0 +1,115 @@
+"""Structured starting points drawn from the profile, queued after the reference plans.
+
+NSGA-II breeds with uniform crossover and 1/n mutation, which moves a few knobs at a time; a
+plan that needs many groups pruned together (the low-resolution half of a network) is out of
+its reach in a few dozen trials. Greedy allocations over the profile put such plans in the
+first generation: the groups that cost least accuracy per parameter (or MAC) removed get the
+large ratio until a budget is reached, every layer int8 but the few whose int8 error is far
+worse than the rest.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+from optuna.trial import TrialState
+
+from spaces.base import Plan
+from spaces.space import layer_of
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search.profile import Profile, ProfileSettings
+    from spaces.space import Space
+
+log = logging.getLogger(__name__)
+ATTR = "seeds_enqueued"
+OVERSHOOT = 0.25
+
+
+def fp32_outliers(profile: Profile, *, margin_db: float, max_layers: int) -> list[str]:
+    """Layers whose own int8 SQNR is ``margin_db`` below the median, worst first, at most ``max_layers``."""
+    added = {layer.name: layer.int8_added_db for layer in profile.layers if math.isfinite(layer.int8_added_db)}
+    if not added:
+        return []
+    median = float(np.median(list(added.values())))
+    worst = sorted((db, name) for name, db in added.items() if db < median - margin_db)
+    return [name for _, name in worst[:max_layers]]
+
+
+def greedy_groups(profile: Profile, *, ratio: float, budget: float, by: str = "params") -> tuple[list[str], float]:
+    """Groups cheapest in accuracy per share of ``by`` removed at ``ratio``, until ``budget`` is removed.
+
+    A group that would overshoot the budget by more than ``OVERSHOOT`` of it is passed over for
+    the next in the ranking. Returns the groups and the share they remove, summed over groups
+    (coupled groups overlap a little, so it is an estimate). A drop below one sample's worth
+    counts as that much, so among free groups the one removing more comes first.
+    """
+    floor = 100.0 / max(profile.samples, 1)
+    ranked = []
+    for group in profile.groups:
+        point = group.at(ratio)
+        share = 0.0 if point is None else (point.params_share if by == "params" else point.macs_share)
+        if share > 0:
+            ranked.append((max(point.drop, floor) / share, group.name, share))
+    chosen, removed = [], 0.0
+    for _, name, share in sorted(ranked):
+        if removed >= budget:
+            break
+        if removed + share <= budget * (1 + OVERSHOOT):
+            chosen.append(name)
+            removed += share
+    if not chosen and ranked:  # every group alone overshoots: the smallest one comes nearest
+        _, name, removed = min(ranked, key=lambda row: row[2])
+        chosen = [name]
+    return chosen, removed
+
+
+def seed_plans(space: Space, profile: Profile, settings: ProfileSettings) -> list[tuple[str, Plan]]:
+    """``(description, plan)`` for each budget, duplicates dropped, in budget order."""
+    if not profile.ratios:
+        return []
+    ratio = max(profile.ratios)
+    kept = fp32_outliers(profile, margin_db=settings.fp32_margin_db, max_layers=settings.fp32_max_layers)
+    quant = {layer_of(k.name): "fp32" if layer_of(k.name) in kept else "int8" for k in space.quant_knobs}
+    budgets = [(b, "params") for b in settings.budgets] + ([(settings.mac_budget, "macs")]
+                                                           if settings.mac_budget else [])
+    plans: dict[Plan, str] = {}
+    for budget, by in budgets:
+        groups, removed = greedy_groups(profile, ratio=ratio, budget=budget, by=by)
+        prune = {layer_of(k.name): ratio if layer_of(k.name) in groups else 0.0 for k in space.prune_knobs}
+        text = (f"{by} budget {budget:.0%}: prune {ratio:g} on the {len(groups)} groups cheapest per {by[:-1]} "
+                f"(~{removed:.0%} of {by}), int8" + (f" but fp32 {', '.join(kept)}" if kept else ""))
+        plans.setdefault(Plan(prune=prune, quant=quant), text)
+    return [(text, plan) for plan, text in plans.items()]
+
+
+def enqueue_seeds(study: optuna.Study, space: Space, profile: Profile, settings: ProfileSettings, *,
+                  budget: int | None = None) -> int:
+    """Queue the seed plans not queued yet, as many as the budget has room for; returns how many.
+
+    A study records the seeds it queued, so a resume with a larger budget queues the rest.
+    """
+    queued = list(study.user_attrs.get(ATTR) or [])
+    live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    room = math.inf if budget is None else budget - len(study.get_trials(deepcopy=False, states=live))
+    added = 0
+    for text, plan in seed_plans(space, profile, settings):
+        if added >= room:
+            break
+        if text in queued:
+            continue
+        queued.append(text)
+        try:
+            space.check(plan)
+        except ValueError as exc:
+            log.warning("seed plan skipped (%s): %s", text, exc)
+            continue
+        study.enqueue_trial(plan.params(), user_attrs={"seed": text}, skip_if_exists=True)
+        added += 1
+    if queued != list(study.user_attrs.get(ATTR) or []):
+        study.set_user_attr(ATTR, queued)
+    return added
