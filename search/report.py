@@ -17,7 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 from optuna.trial import TrialState
 
+from search.narrow import offered
 from search.plots import PlotData, plan_label, write_plots
+from search.profile import stored_profile
+from search.profile_plot import write_profile_plots
+from search.report_profile import cost_line, group_rows, layer_rows
 
 if TYPE_CHECKING:
     import optuna
@@ -237,6 +241,24 @@ def summary_section(study: optuna.Study, data: PlotData, objectives: Sequence[Ob
               f"p90 latency {_num(data.baseline.get('latency_p90_ms'), '.4f')} ms.</p>")
 
 
+def profile_section(study: optuna.Study, data: PlotData, plots_dir: Path, out_dir: Path) -> str:
+    """What the search measured before its first trial: per group and per layer, with its bar chart."""
+    profile = stored_profile(study)
+    if profile is None:
+        return "<p>No profile: the study was searched with search.profile.enabled=false or before profiles.</p>"
+    png = write_profile_plots(profile, plots_dir)[0]
+    groups, layers = group_rows(profile), layer_rows(profile, offered(study))
+    link = html.escape(Path(os.path.relpath(png.with_suffix(".html"), out_dir)).as_posix())
+    note = ("Each group pruned alone on the baseline, <b>without fine-tuning</b> (trials fine-tune, so they lose "
+            "less), and the share of parameters and MACs that removes. Per layer: the error int8 adds at the "
+            "layer alone and at its output in the all-int8 model (SQNR, higher is better), its share of the fp32 "
+            "baseline's latency and weight bytes, and whether int4 is offered there (latency-aware precisions). "
+            f"The profile was {html.escape(cost_line(profile, data.results))}.")
+    return (f"<p class=note>{note}</p>" + _table(groups.headers, [[html.escape(c) for c in r] for r in groups.rows])
+            + _table(layers.headers, [[html.escape(c) for c in r] for r in layers.rows])
+            + _image(png, link, "Accuracy lost per group when pruned alone; latency and size shares per layer."))
+
+
 def write_report(study: optuna.Study, objectives: Sequence[Objective], out_path: Path, *,
                  export_hint: Callable[[int], str], plots_dir: Path | None = None,
                  threshold: float = THRESHOLD) -> Path:
@@ -248,7 +270,9 @@ def write_report(study: optuna.Study, objectives: Sequence[Objective], out_path:
     title = f"autosqueeze report: study {html.escape(study.study_name)}"
     body = [f"<h1>{title}</h1><p class=note>written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>",
             summary_section(study, data, objectives), "<h2>Pareto front</h2>", front_section(data),
-            "<h2>Plots</h2>", plots_section(plots, out_path.parent), "<h2>Per-layer sensitivity</h2>",
+            "<h2>Plots</h2>", plots_section(plots, out_path.parent), "<h2>Sensitivity profile</h2>",
+            profile_section(study, data, plots_dir or out_path.parent / "plots", out_path.parent),
+            "<h2>Per-layer sensitivity</h2>",
             sensitivity_section(sensitivity(data.results, data.layers, data.baseline, threshold=threshold), threshold),
             "<h2>Export a front member</h2>", exports_section(data, export_hint), "<h2>All trials</h2>",
             trials_section(data)]

@@ -17,6 +17,7 @@ from search.onnx_export import export_onnx
 from search.profile import (GroupProfile, LayerProfile, Profile, ProfileSettings, PrunePoint, load_or_measure,
                             stored_profile)
 from search.profile_measure import measure_profile
+from search.report import write_report
 from search.runner import Job, build_context, prepare, run_search
 from search.seeds import greedy_groups, seed_plans
 from search.study import SearchSettings
@@ -205,3 +206,11 @@ def test_the_studys_mlflow_run_holds_the_profile_and_its_plot(searched):
     client = MlflowClient(job.tracking.uri)
     logged = {a.path for a in client.list_artifacts(outcome.study.user_attrs["mlflow_parent_run_id"])}
     assert {"profile.json", "profile.png", "profile.html"} <= logged
+
+
+def test_the_report_shows_the_profile(searched, tmp_path):
+    _, outcome = searched
+    page = write_report(outcome.study, OBJECTIVES, tmp_path / "report.html", export_hint=str).read_text()
+    section = page.split("<h2>Sensitivity profile</h2>")[1].split("<h2>")[0]
+    assert "int4 offered" in section and "<td class=l>layer2.conv1</td>" in section
+    assert "% of the search" in section and (tmp_path / "plots" / "profile.png").is_file()

@@ -51,7 +51,7 @@ def test_report_has_the_sensitivity_table_with_its_rule(report):
 
 def test_report_is_self_contained(report):
     _, text = report
-    assert text.count("src='data:image/png;base64,") == 3
+    assert text.count("src='data:image/png;base64,") == 4  # front, hypervolume, layers, profile
     assert not re.search(r"https?://", text), "the report must not reference anything on the network"
     assert "<script" not in text and "<link" not in text
     assert "href='plots/front.html'" in text  # the interactive twin, next to the report
