@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 class PruneSpec:
     """How pruning knobs are made: the ratios each may take and the layers never pruned."""
 
-    ratios: tuple[float, ...] | None = (0.0, 0.125, 0.25, 0.375, 0.5)
+    ratios: tuple[float, ...] | None = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625)
     low: float = 0.0
-    high: float = 0.5
+    high: float = 0.625
     step: float = 0.125
     exclude: tuple[str, ...] = ()
     round_to: int | None = 4
