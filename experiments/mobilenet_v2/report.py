@@ -38,6 +38,7 @@ class Method:
     front: list[TrialResult]
     wall_s: float
     retimed: dict[int, dict[str, float]]  # trial number -> interleaved latency metrics
+    profile_s: float = 0.0  # the sensitivity profile, measured once before the first trial
 
 
 def load(job: Job, root: Path, method: str, wall_s: float) -> Method:
@@ -49,7 +50,8 @@ def load(job: Job, root: Path, method: str, wall_s: float) -> Method:
     trials = results(study)[:mjob.search.n_trials]
     counted = {r.number for r in trials}
     front = pareto.front([r for r in feasible_results(study) if r.number in counted], job.objectives)
-    return Method(method, mjob.search.n_trials, trials, front, wall_s, {})
+    profile_s = study.user_attrs.get("profile", {}).get("seconds", {}).get("total", 0.0)
+    return Method(method, mjob.search.n_trials, trials, front, wall_s, {}, profile_s)
 
 
 def retime(methods: Sequence[Method], base_path: str, data) -> dict[str, float]:
@@ -164,7 +166,10 @@ def stage_table(methods: Sequence[Method]) -> str:
         pruned = [r.timings["finetune"] for r in m.trials if any(v > 0 for v in r.plan.prune.values())]
         lines.append(f"| {m.name} | {len(m.trials)} | " + " | ".join(f"{mean[s]:.1f}" for s in STAGES)
                      + f" | {mean['total']:.1f} | {np.mean(pruned) if pruned else 0:.1f} ({len(pruned)}) |")
-    return "\n".join(lines)
+    profiled = [f"{m.name} {m.profile_s:.0f} s ({100 * m.profile_s / m.wall_s:.1f} % of its search wall)"
+                for m in methods if m.profile_s and m.wall_s]
+    return "\n".join(lines) + (f"\n\nSensitivity profile (once, before the first trial): {'; '.join(profiled)}."
+                               if profiled else "")
 
 
 def write_report(job: Job, root: Path, base: dict, walls: Mapping[str, float], *, setup_s: float,

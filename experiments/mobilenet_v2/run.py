@@ -9,7 +9,8 @@ measurement, one fine-tune recipe and one evaluator set (conf/experiment/mobilen
 
 - ``grid``: the six plans a user tries by hand, uniform ratio {0, 0.25, 0.5} x {fp32, int8};
 - ``random``: RandomSampler over autosqueeze's per-layer space, no reference plans;
-- ``autosqueeze``: the default sampler (NSGA-II) with its enqueued reference plans.
+- ``autosqueeze``: the default sampler (NSGA-II) with its enqueued reference plans, then the seed
+  plans of its sensitivity profile (search/profile.py), and latency-aware precision choices.
 
 ``random`` and ``autosqueeze`` get ``search.n_trials`` trials each. Studies resume: re-running the
 command finishes what is missing. The report (re-timing, tables, plot) is in ``report.py``.
@@ -51,8 +52,9 @@ def method_job(job: Job, method: str, root: Path) -> Job:
     name = f"{job.search.study_name}-{method}"
     sampler = {"grid": "nsga2", "random": "random", "autosqueeze": job.search.sampler}[method]
     budget = len(GRID) if method == "grid" else job.search.n_trials
+    # The profile's seeds and narrowed precisions are part of autosqueeze; grid and random stay as defined.
     return replace(job, search=replace(job.search, study_name=name, sampler=sampler, n_trials=budget),
-                   run_dir=root / name)
+                   run_dir=root / name, profile=job.profile if method == "autosqueeze" else None)
 
 
 def baseline_metrics(job: Job, model: torch.nn.Module, space, root: Path) -> dict:
