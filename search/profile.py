@@ -45,10 +45,11 @@ class ProfileSettings:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"search.profile.{key}={value!r} must be an integer >= 1")
         object.__setattr__(self, "budgets", tuple(float(b) for b in self.budgets))
-        for budget in (*self.budgets, *([] if self.mac_budget is None else [self.mac_budget])):
+        named = [("budgets", b) for b in self.budgets]
+        for key, budget in named + ([] if self.mac_budget is None else [("mac_budget", self.mac_budget)]):
             if not 0 < budget < 1:
-                raise ValueError(f"search.profile budget {budget!r} is outside (0, 1); "
-                                 "a budget is the share of parameters (or MACs) to prune away")
+                raise ValueError(f"search.profile.{key}: {budget!r} is outside (0, 1); a budget is the share of "
+                                 f"{'MACs' if key == 'mac_budget' else 'parameters'} the seed plan prunes away")
         if self.fp32_max_layers < 0:
             raise ValueError(f"search.profile.fp32_max_layers={self.fp32_max_layers!r} must be >= 0")
 
@@ -131,7 +132,7 @@ def load_or_measure(study: optuna.Study, ctx: SearchContext, settings: ProfileSe
         profile = measure_profile(ctx, settings)
         study.set_user_attr(ATTR, profile.to_dict())
         log.info("profile measured in %.1f s", profile.seconds.get("total", 0.0))
-    path = Path(ctx.run_dir) / FILE
-    if not path.is_file() or Profile.from_json(path.read_text()) != profile:
-        path.write_text(profile.to_json())
+    path, text = Path(ctx.run_dir) / FILE, profile.to_json()
+    if not path.is_file() or path.read_text() != text:  # the study is the record; the file is its copy
+        path.write_text(text)
     return profile

@@ -73,7 +73,8 @@ def prune_costs(ctx: SearchContext, settings: ProfileSettings) -> tuple[tuple[Gr
             pruned = ctx.space.apply(ctx.baseline, Plan(prune={group: ratio}))
             macs, params = tp.utils.count_ops_and_params(pruned, ctx.space.example_input)
             points.append(PrunePoint(ratio=ratio, drop=round(base - top1(pruned, inputs, labels), 4),
-                                     params_share=round(1 - params / params0, 6), macs_share=round(1 - macs / macs0, 6)))
+                                     params_share=round(1 - params / params0, 6),
+                                     macs_share=round(1 - macs / macs0, 6)))
         groups.append(GroupProfile(group, tuple(points)))
     return tuple(groups), base, len(labels)
 

@@ -146,8 +146,8 @@ def latency_shares(fp32_path: Path, layers: Sequence[str], example: np.ndarray, 
 
 def _owners(model: onnx.ModelProto, layers: Sequence[str]):
     """A function from a profiled node name to the layers its time is split between."""
-    by_node = {node.name: [layer] for layer, node in onnx_layer_nodes(model, layers).items()}
     layer_of_node = {node.name: layer for layer, node in onnx_layer_nodes(model, layers).items()}
+    by_node = {name: [layer] for name, layer in layer_of_node.items()}
     for name, owners in onnx_node_layers(model).items():
         named = sorted(layer_of_node[o] for o in owners if o in layer_of_node)
         if named:
