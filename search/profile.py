@@ -90,6 +90,7 @@ class Profile:
     samples: int
     seed: int
     seconds: Mapping[str, float] = field(default_factory=dict)  # per part, and ``total``
+    latency_unassigned: float = 0.0      # share of node time no layer owns (layout reorders, a leading op)
 
     @property
     def ratios(self) -> tuple[float, ...]:
@@ -106,7 +107,8 @@ class Profile:
         groups = tuple(GroupProfile(g["name"], tuple(PrunePoint(**p) for p in g["points"])) for g in data["groups"])
         layers = tuple(LayerProfile(**layer) for layer in data["layers"])
         return cls(groups=groups, layers=layers, baseline_accuracy=float(data["baseline_accuracy"]),
-                   samples=int(data["samples"]), seed=int(data["seed"]), seconds=dict(data.get("seconds", {})))
+                   samples=int(data["samples"]), seed=int(data["seed"]), seconds=dict(data.get("seconds", {})),
+                   latency_unassigned=float(data.get("latency_unassigned", 0.0)))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, allow_nan=True)

@@ -9,7 +9,7 @@ import torch
 import torch_pruning as tp
 
 from search.profile import GroupProfile, LayerProfile, Profile, ProfileSettings, PrunePoint
-from search.profile_onnx import int8_errors, latency_shares, size_shares
+from search.profile_onnx import OTHER, int8_errors, latency_shares, size_shares
 from search.trial import Stopwatch
 from spaces.base import Plan
 from spaces.layers import layer_names
@@ -42,7 +42,7 @@ def measure_profile(ctx: SearchContext, settings: ProfileSettings) -> Profile:
     profiled = tuple(LayerProfile(name, *errors.get(name, (math.nan, math.nan)), latency[name], size[name])
                      for name in layers)
     return Profile(groups=groups, layers=profiled, baseline_accuracy=accuracy, samples=samples, seed=ctx.seed,
-                   seconds=clock.timings)
+                   seconds=clock.timings, latency_unassigned=latency[OTHER])
 
 
 def profile_ratios(space: Space) -> tuple[float, ...]:

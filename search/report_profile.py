@@ -55,4 +55,5 @@ def cost_line(profile: Profile, results: Sequence[TrialResult]) -> str:
     trials = sum(r.timings.get("total", 0.0) for r in results)
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
     share = f"; {100 * total / (total + trials):.1f} % of the search's compute" if trials else ""
-    return f"measured once in {total:.1f} s ({parts}) on {profile.samples} validation samples{share}"
+    return (f"measured once in {total:.1f} s ({parts}) on {profile.samples} validation samples{share}; "
+            f"{100 * profile.latency_unassigned:.1f} % of the latency belongs to no layer")
