@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from contextlib import contextmanager
+from types import FrameType
 from typing import Iterator
 
 import optuna
@@ -30,6 +32,7 @@ def claim_slot(trial: optuna.Trial, budget: int | None, *, poll: float = 1.0) ->
     worker is found dead by heartbeat (then its slot frees up). Among waiting trials the
     lowest number goes first, so two workers can never wait for each other.
     """
+    check_interrupt()
     if budget is None:
         return
     study = trial.study
@@ -58,21 +61,65 @@ class _Shield:
     pending: TrialTimeout | None = None
 
 
+class _Interrupt:
+    pending = False  # a Ctrl-C arrived inside interruptible() and the block has not ended yet
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    _Interrupt.pending = True
+    signal.default_int_handler(signum, frame)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C ends the block with KeyboardInterrupt, even when the first one is dropped.
+
+    Python runs the SIGINT handler wherever the main thread happens to be, and that can be a
+    weakref callback or ``__del__`` the garbage collector runs in the middle of SQLAlchemy,
+    ``copy.deepcopy`` or torch code. An exception raised there is printed as "Exception ignored
+    in" and discarded (python/cpython#95959), and the search went on as if Ctrl-C had never
+    been pressed. So the interrupt is also remembered: :func:`check_interrupt` raises it again
+    at the next trial or stage boundary, and the block raises it if it ends without one.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield  # Ctrl-C is ignored here, or someone else handles it
+        return
+    _Interrupt.pending = False
+    signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        pending, _Interrupt.pending = _Interrupt.pending, False
+    if pending:
+        raise KeyboardInterrupt
+
+
+def check_interrupt() -> None:
+    """Raise the Ctrl-C that arrived inside :func:`interruptible` if it got lost on the way."""
+    if _Interrupt.pending:
+        raise KeyboardInterrupt
+
+
 @contextmanager
 def shielded() -> Iterator[None]:
     """A storage write inside a time-limited trial: a timeout that falls due waits until it is done.
 
     Raised in the middle of a database commit, the timeout would surface as the storage's
-    own error and hide the reason the trial failed.
+    own error and hide the reason the trial failed. The end of the outermost write is also
+    where a Ctrl-C or a timeout that was dropped (see :func:`interruptible`) is raised again.
     """
     _Shield.depth += 1
     try:
         yield
     finally:
         _Shield.depth -= 1
-    if _Shield.depth == 0 and _Shield.pending is not None:
-        timeout, _Shield.pending = _Shield.pending, None
-        raise timeout
+    if _Shield.depth == 0:
+        check_interrupt()
+        if _Shield.pending is not None:
+            timeout, _Shield.pending = _Shield.pending, None
+            raise timeout
 
 
 @contextmanager
@@ -84,8 +131,10 @@ def time_limit(seconds: float | None) -> Iterator[None]:
 
     def expire(signum: int, frame: object) -> None:
         timeout = TrialTimeout(f"trial ran past search.trial_timeout={seconds:g} s")
+        # Kept until the limit ends, not only while shielded: raised inside a finalizer the
+        # timeout is dropped like a Ctrl-C, and the next shielded write raises it again.
+        _Shield.pending = timeout
         if _Shield.depth:
-            _Shield.pending = timeout
             return
         raise timeout
 

@@ -16,6 +16,7 @@ import torch
 from evaluators.base import check_metrics
 from search import pareto
 from search.baseline import load_checkpoint, trained_baseline
+from search.budget import interruptible
 from search.confirm import ConfirmSettings, confirm, nearby
 from search.fingerprint import check_fingerprint, fingerprint
 from search.finetune import FinetuneSettings
@@ -225,13 +226,14 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
     log.info("study %r: %d trials completed, budget %s", job.search.study_name, done, budget)
     ending = "complete"
     try:
-        if worker_command and (budget is None or done < budget):
-            run_workers(worker_command, job.search.workers)
-        elif budget is None or done < budget:
-            study.optimize(objective_fn(ctx, job.objectives, job.constraints, tracker=tracker, parent_run=parent,
-                                        trial_params=job.settings_params, budget=budget,
-                                        trial_timeout=job.search.trial_timeout, on_stage=progress.stage),
-                           timeout=job.search.timeout, catch=(Exception,), callbacks=callbacks)
+        with interruptible():
+            if worker_command and (budget is None or done < budget):
+                run_workers(worker_command, job.search.workers)
+            elif budget is None or done < budget:
+                study.optimize(objective_fn(ctx, job.objectives, job.constraints, tracker=tracker,
+                                            parent_run=parent, trial_params=job.settings_params, budget=budget,
+                                            trial_timeout=job.search.trial_timeout, on_stage=progress.stage),
+                               timeout=job.search.timeout, catch=(Exception,), callbacks=callbacks)
     except KeyboardInterrupt:
         ending = "interrupted"
         log.warning("interrupted: the current trial was recorded as failed; the front so far follows")

@@ -1,11 +1,16 @@
-"""The per-trial time limit, and storage writes it must not interrupt."""
+"""The per-trial time limit, storage writes it must not interrupt, and a Ctrl-C that must not get lost."""
 from __future__ import annotations
 
+import signal
+import sys
 import time
+import weakref
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
-from search.budget import TrialTimeout, shielded, time_limit
+from search.budget import TrialTimeout, claim_slot, interruptible, shielded, time_limit
 
 
 def test_a_timeout_during_a_shielded_write_waits_for_the_write_to_finish():
@@ -23,3 +28,82 @@ def test_a_timeout_outside_a_shield_interrupts_at_once():
     with pytest.raises(TrialTimeout):
         with time_limit(0.01):
             time.sleep(1.0)
+
+
+@pytest.fixture
+def dropped(monkeypatch) -> list[type[BaseException]]:
+    """Exceptions Python printed as "Exception ignored in" and discarded."""
+    seen: list[type[BaseException]] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable.exc_type))
+    return seen
+
+
+def signal_in_a_finalizer(signum: int) -> None:
+    """``signum`` arrives while the garbage collector runs a weakref callback, as it did inside
+    SQLAlchemy and ``copy.deepcopy`` during a search: its handler's exception goes nowhere."""
+    class Collected:
+        pass
+
+    thing = Collected()
+    ref = weakref.ref(thing, lambda _: signal.raise_signal(signum))
+    del thing
+    assert ref() is None
+
+
+def test_a_ctrl_c_dropped_by_a_finalizer_is_raised_when_the_storage_write_ends(dropped):
+    written = False
+    with pytest.raises(KeyboardInterrupt):
+        with interruptible():
+            with shielded():
+                signal_in_a_finalizer(signal.SIGINT)
+                written = True
+            raise AssertionError("the dropped Ctrl-C must be raised when the write ends")
+    assert written and dropped == [KeyboardInterrupt]
+
+
+def test_a_ctrl_c_dropped_between_trials_fails_the_next_trial_and_stops_the_study(dropped):
+    study = optuna.create_study()
+
+    def objective(trial: optuna.Trial) -> float:
+        claim_slot(trial, None)
+        if trial.number == 0:
+            signal_in_a_finalizer(signal.SIGINT)  # after the trial's last boundary
+        return 0.0
+
+    with pytest.raises(KeyboardInterrupt):
+        with interruptible():
+            study.optimize(objective, n_trials=5, catch=(Exception,))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert dropped == [KeyboardInterrupt]
+
+
+def test_a_ctrl_c_dropped_after_the_last_boundary_ends_the_block(dropped):
+    with pytest.raises(KeyboardInterrupt):
+        with interruptible():
+            signal_in_a_finalizer(signal.SIGINT)
+    assert dropped == [KeyboardInterrupt]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with shielded():
+        pass  # a Ctrl-C that ended its block is not raised a second time
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interruptible():
+            signal.raise_signal(signal.SIGINT)
+            with shielded():
+                pass
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_timeout_dropped_by_a_finalizer_is_raised_when_the_next_storage_write_ends(dropped):
+    with pytest.raises(TrialTimeout):
+        with time_limit(60):
+            signal_in_a_finalizer(signal.SIGALRM)
+            with shielded():
+                pass
+            raise AssertionError("the dropped timeout must be raised when the write ends")
+    assert dropped == [TrialTimeout]
