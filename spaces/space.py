@@ -42,8 +42,8 @@ class QuantSpec:
     precisions: tuple[str, ...] = ("fp32", "int8", "int16", "int4")
     exclude: tuple[str, ...] = ()
     settings: QuantSettings = field(default_factory=QuantSettings)
-    # Weight-only precisions (int4, int16, fp16) run as DequantizeLinear + fp32 compute on CPU:
-    # with latency as an objective they are offered only on layers this cheap in the profile.
+    # Weight-only precisions (int4, int16, fp16) run as DequantizeLinear + fp32 compute on CPU: with
+    # latency as an objective they are offered only on layers holding together at most this latency share.
     latency_aware: bool = True
     int4_max_latency_share: float = 0.02
 

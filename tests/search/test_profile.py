@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from evaluators import Accuracy, Complexity, Constraint, Latency, Objective, Size
 from search.finetune import FinetuneSettings
-from search.narrow import latency_choices, narrowed
+from search.narrow import latency_choices, narrowed, weight_only_layers
 from search.onnx_export import export_onnx
 from search.profile import (GroupProfile, LayerProfile, Profile, ProfileSettings, PrunePoint, load_or_measure,
                             stored_profile)
@@ -28,7 +28,7 @@ from tinynet import tiny_net
 OBJECTIVES = [Objective("accuracy", "maximize"), Objective("size_bytes", "minimize"),
               Objective("latency_ms", "minimize")]
 SETTINGS = ProfileSettings(samples=200, latency_runs=10)
-LIGHT = 0.1  # int4 stays on offer below this latency share: on the tiny net, some layers fall below it
+LIGHT = 0.1  # the latency share int4 layers may hold together: on the tiny net, one or two layers fit
 
 
 def make_job(tmp: Path, splits, *, n_trials: int = 5) -> Job:
@@ -153,16 +153,20 @@ def _tiny_space() -> Space:
 
 
 def _heavy(space: Space, heavy: str) -> Profile:
-    layers = tuple(LayerProfile(k.name.partition(".")[2], 40.0, 45.0, 0.9 if heavy in k.name else 0.01, 0.1)
+    """One layer with 90 % of the latency; six with 1 % each and a fifth of its weight bytes."""
+    layers = tuple(LayerProfile(k.name.partition(".")[2], 40.0, 45.0, *((0.9, 0.5) if heavy in k.name else (0.01, 0.1)))
                    for k in space.quant_knobs)
     return _synthetic({}, layers=layers)
+
+
+AWARE = QuantSpec(int4_max_latency_share=0.1)
 
 
 def test_int4_is_offered_only_where_latency_is_cheap_and_only_when_latency_is_an_objective():
     space, study = _tiny_space(), optuna.create_study(directions=["maximize"])
     profile = _heavy(space, "layer1.conv1")
-    assert latency_choices(space, profile, max_share=0.02) == {"quant.layer1.conv1": ("fp32", "int8")}
-    aware = narrowed(space, profile, study, quant=QuantSpec(), objectives=OBJECTIVES)
+    assert latency_choices(space, profile, max_share=0.1) == {"quant.layer1.conv1": ("fp32", "int8")}
+    aware = narrowed(space, profile, study, quant=AWARE, objectives=OBJECTIVES)
     study.optimize(lambda t: float(aware.suggest(t).quant["layer1.conv1"] != "int4"), n_trials=20)
     values = [t.params["quant.layer1.conv1"] for t in study.trials]
     assert "int4" not in values and "int4" in {v for t in study.trials for v in t.params.values()}
@@ -172,6 +176,15 @@ def test_int4_is_offered_only_where_latency_is_cheap_and_only_when_latency_is_an
         assert same.quant_knobs == space.quant_knobs
 
 
+def test_int4_layers_share_one_latency_budget_spent_where_they_save_most_bytes():
+    space = _tiny_space()
+    names = [k.name.partition(".")[2] for k in space.quant_knobs]
+    sizes = dict(zip(names, (0.01, 0.3, 0.05, 0.2, 0.1, 0.3, 0.04)))
+    profile = _synthetic({}, layers=tuple(LayerProfile(n, 40.0, 45.0, 0.01, sizes[n]) for n in names))
+    assert weight_only_layers(space, profile, max_share=0.025) == {"layer1.conv1", "layer2.conv2"}
+    assert weight_only_layers(space, profile, max_share=1.0) == set(names)
+
+
 def test_a_study_that_sampled_int4_on_a_now_heavy_layer_still_loads_and_runs(tmp_path):
     space, url = _tiny_space(), f"sqlite:///{tmp_path}/old.db"
     old = optuna.create_study(study_name="old", storage=url)
@@ -179,23 +192,24 @@ def test_a_study_that_sampled_int4_on_a_now_heavy_layer_still_loads_and_runs(tmp
     old.optimize(lambda t: float(len(space.suggest(t).quant)), n_trials=1)
     profile = _heavy(space, "layer1.conv1")
     study = optuna.load_study(study_name="old", storage=url)
-    bare = space.with_choices(latency_choices(space, profile, max_share=0.02))
+    bare = space.with_choices(latency_choices(space, profile, max_share=0.1))
     with pytest.raises(ValueError, match="dynamic value space"):  # why the study keeps what it recorded
         study.optimize(lambda t: float(len(bare.suggest(t).quant)), n_trials=1, catch=())
-    kept = narrowed(space, profile, study, quant=QuantSpec(), objectives=OBJECTIVES)
+    kept = narrowed(space, profile, study, quant=AWARE, objectives=OBJECTIVES)
     study.optimize(lambda t: float(len(kept.suggest(t).quant)), n_trials=3)
     done = [t for t in optuna.load_study(study_name="old", storage=url).trials if t.state.name == "COMPLETE"]
     assert len(done) == 4 and done[0].params["quant.layer1.conv1"] == "int4"
-    fresh = narrowed(space, profile, optuna.create_study(), quant=QuantSpec(), objectives=OBJECTIVES)
+    fresh = narrowed(space, profile, optuna.create_study(), quant=AWARE, objectives=OBJECTIVES)
     assert "int4" not in next(k for k in fresh.quant_knobs if k.name == "quant.layer1.conv1").choices
 
 
-def test_the_search_offers_int4_only_on_light_layers(searched):
-    job, outcome = searched
+def test_the_search_offers_int4_only_within_the_latency_budget(searched, ctx):
+    _, outcome = searched
     profile = stored_profile(outcome.study)
     offered = outcome.study.user_attrs["precision_choices"]
-    for layer in profile.layers:
-        assert ("int4" in offered[layer.name]) == (layer.latency_share <= LIGHT), layer
+    light = weight_only_layers(ctx.space, profile, max_share=LIGHT)
+    assert {name for name, choices in offered.items() if "int4" in choices} == light
+    assert sum(profile.layer(name).latency_share for name in light) <= LIGHT
     for trial in outcome.study.trials:
         for name, distribution in trial.distributions.items():
             if name.startswith("quant."):
