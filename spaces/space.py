@@ -51,7 +51,7 @@ class QuantSpec:
         Precision("space.quant.precisions", self.precisions)
         if not 0.0 <= self.int4_max_latency_share <= 1.0:
             raise PlanError(f"space.quant.int4_max_latency_share={self.int4_max_latency_share!r} is outside [0, 1]; "
-                            "it is a layer's share of the baseline's latency")
+                            "it is the share of the baseline's latency that int4 layers may hold together")
 
 
 @dataclass(frozen=True)
