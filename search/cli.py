@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from evaluators.base import Constraint, Objective
 from search.baseline import cache_key, training_data
 from search.confirm import ConfirmSettings
+from search.early_stop import EarlyStop
 from search.finetune import FinetuneSettings
 from search.onnx_export import ExportError
 from search.profile import ProfileSettings
@@ -89,7 +90,7 @@ def quant_spec(cfg: DictConfig) -> QuantSpec:
 
 def search_settings(cfg: DictConfig) -> SearchSettings:
     s = plain(cfg.search)
-    for nested in ("finetune", "heartbeat", "confirm", "profile"):
+    for nested in ("finetune", "heartbeat", "confirm", "profile", "early_stop"):
         s.pop(nested, None)
     return SearchSettings(**s)
 
@@ -185,6 +186,7 @@ def build_job(cfg: DictConfig):
               finetune=FinetuneSettings(**plain(cfg.search.finetune)), prune=prune, quant=quant,
               tracking=tracking, storage=cfg.storage, heartbeat=HeartbeatSettings(**plain(cfg.search.heartbeat)),
               confirm=ConfirmSettings(**plain(cfg.search.confirm)),
+              early_stop=EarlyStop(**plain(cfg.search.get("early_stop") or {})),
               profile=ProfileSettings(**plain(cfg.search.get("profile") or {})),
               settings_params=settings_params(cfg), config=record(plain(cfg)))
     job.check()

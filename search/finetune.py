@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 from torch import nn
@@ -74,12 +74,16 @@ def _distilled(loss_fn: nn.Module, settings: FinetuneSettings,
 
 
 def finetune(model: nn.Module, train: Dataset, settings: FinetuneSettings, *, seed: int = 0,
-             log: Logger | None = None, teacher: nn.Module | None = None) -> list[tuple[int, float, float]]:
+             log: Logger | None = None, teacher: nn.Module | None = None,
+             check: Callable[[int, nn.Module], None] | None = None,
+             check_at: Collection[int] = ()) -> list[tuple[int, float, float]]:
     """Train ``model`` in place; returns the logged curve ``[(step, loss, accuracy), ...]``.
 
     With a ``teacher`` and ``settings.distill > 0`` the student also learns the teacher's
     output distribution, which recovers a pruned model faster than labels alone.
     Raises :class:`DivergedError` on a non-finite loss so the trial fails with a reason.
+    ``check(step, model)`` runs after each step in ``check_at`` (the model then in whatever
+    mode it leaves it, training resumes in train mode); what it raises ends the fine-tune.
     """
     if settings.steps == 0:
         return []
@@ -121,6 +125,9 @@ def finetune(model: nn.Module, train: Dataset, settings: FinetuneSettings, *, se
                     log(*point)
                 seen = correct = 0
                 loss_sum = 0.0
+            if check is not None and step in check_at:
+                check(step, model)
+                model.train()
             if step >= settings.steps:
                 break
     model.eval()

@@ -43,3 +43,7 @@ class Progress:
         elif trial.state == TrialState.FAIL:
             log.warning("trial %d failed: %s | %s", trial.number, trial.user_attrs.get("error", "see the study"),
                         self.where())
+        elif trial.state == TrialState.PRUNED and "pruned_reason" in trial.user_attrs:
+            log.info("trial %d stopped early after %.1f s: %s | %s", trial.number,
+                     trial.user_attrs.get("timings", {}).get("total", 0.0), trial.user_attrs["pruned_reason"],
+                     self.where())

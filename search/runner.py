@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -18,6 +18,7 @@ from search import pareto
 from search.baseline import load_checkpoint, trained_baseline
 from search.budget import interruptible
 from search.confirm import ConfirmSettings, confirm, nearby
+from search.early_stop import EarlyStop, stop_rule
 from search.fingerprint import check_fingerprint, fingerprint
 from search.finetune import FinetuneSettings
 from search.onnx_export import export_onnx
@@ -66,6 +67,7 @@ class Job:
     storage: str | None = None
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
+    early_stop: EarlyStop | None = None  # None fine-tunes every plan in full
     profile: ProfileSettings | None = field(default_factory=ProfileSettings)  # None: no profile, seeds or narrowing
     settings_params: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)  # the composed config, recorded on a new study
@@ -209,6 +211,9 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
     check_fingerprint(study, fingerprint(data=job.data, baseline=prepared[0], constraints=job.constraints,
                                          evaluators=job.evaluators, finetune=job.finetune))
     ctx = build_context(job, study, prepared)
+    # Only the search's own trials are stopped early; an export rebuilding a chosen trial never is.
+    ctx = replace(ctx, early_stop=stop_rule(job.early_stop, job.constraints, baseline=ctx.baseline,
+                                            val=ctx.data.val, seed=job.search.seed))
     parent = None
     if tracker:
         parent = tracker.parent_run(job.search.study_name, study.user_attrs.get("mlflow_parent_run_id"),

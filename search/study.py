@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.budget import claim_slot, shielded, time_limit
+from search.early_stop import HopelessTrial
 from search.sampler import SAMPLERS, constraint_violations, make_sampler
 from search.trial import SearchContext, TrialResult, run_trial
 
@@ -162,6 +163,9 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
         try:
             with time_limit(trial_timeout):
                 result = run_trial(ctx, plan, number=trial.number, on_stage=stage)
+        except HopelessTrial as stop:
+            record_stopped(trial, stop, tracker=tracker, run_id=run_id)
+            raise  # Optuna records it PRUNED: no objectives, not a failure, not a completed trial
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
             trial.set_user_attr("error", reason)
@@ -177,6 +181,16 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
         return [result.metrics[o.metric] for o in objectives]
 
     return objective
+
+
+def record_stopped(trial: optuna.Trial, stop: HopelessTrial, *, tracker: Tracker | None, run_id: str | None) -> None:
+    """Why the early-stopping rule ended ``trial`` and what its fine-tune had cost by then."""
+    with shielded():
+        trial.set_user_attr("pruned_reason", stop.reason)
+        trial.set_user_attr("timings", stop.timings)
+        trial.set_user_attr("early_stop", stop.record())
+    if run_id:
+        tracker.prune_trial(run_id, stop.reason, timings=stop.timings, record=stop.record())
 
 
 def evaluated_twin(study: optuna.Study, plan: Plan) -> FrozenTrial | None:

@@ -41,9 +41,11 @@ def sync(study: optuna.Study, tracker: Tracker, objectives: Sequence[Objective],
         tracker.log_baseline(parent, study.user_attrs["baseline"])
     runs = logged_runs(tracker, parent)
     replayed = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
+        if trial.state == TrialState.PRUNED and "pruned_reason" not in trial.user_attrs:
+            continue  # turned away by the budget before it ran: it never had a run
         run_id, state = runs.get(trial.number, (None, None))
-        if state in ("COMPLETE", "FAIL"):
+        if state in ("COMPLETE", "FAIL", "PRUNED"):
             continue
         run_id = run_id or tracker.trial_run(parent, trial.number, trial.params)
         if run_id is None:
@@ -51,6 +53,9 @@ def sync(study: optuna.Study, tracker: Tracker, objectives: Sequence[Objective],
         if trial.state == TrialState.COMPLETE and "result" in trial.user_attrs:
             result = TrialResult.from_attrs(trial.number, trial.user_attrs["result"])
             tracker.finish_trial(run_id, result, feasible=feasible(trial))
+        elif trial.state == TrialState.PRUNED:
+            tracker.prune_trial(run_id, trial.user_attrs["pruned_reason"], timings=trial.user_attrs.get("timings"),
+                                record=trial.user_attrs.get("early_stop"))
         else:
             tracker.fail_trial(run_id, trial.user_attrs.get("error", "failed"))
         runs[trial.number] = (run_id, "synced")

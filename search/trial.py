@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
+from search.early_stop import HopelessTrial
 from search.finetune import FinetuneSettings, Logger, finetune
 from search.onnx_export import export_onnx
 from spaces.base import Plan
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from evaluators.base import EvalData, Evaluator
+    from search.early_stop import StopRule
     from spaces.space import Space
     from zoo.data import DataSplits
 
@@ -38,6 +40,7 @@ class SearchContext:
     evaluators: Sequence[Evaluator]   # latency paired with ``baseline_path``
     run_dir: Path
     seed: int = 0
+    early_stop: StopRule | None = None  # stops hopeless fine-tunes; None fine-tunes every plan in full
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,16 @@ def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable
     clock = Stopwatch(on_stage)
     with clock.stage("prune"):
         model = ctx.space.apply(ctx.baseline, plan)
-    with clock.stage("finetune"):
-        # An unpruned model is the converged baseline: training it again only adds noise.
-        pruned = any(r > 0 for r in plan.prune.values())
-        curve = (finetune(model, ctx.data.train, ctx.finetune, seed=ctx.seed, log=log, teacher=ctx.baseline)
-                 if pruned else [])
+    check = ctx.early_stop.check(ctx.finetune.steps) if ctx.early_stop else None
+    try:
+        with clock.stage("finetune"):
+            # An unpruned model is the converged baseline: training it again only adds noise.
+            pruned = any(r > 0 for r in plan.prune.values())
+            curve = (finetune(model, ctx.data.train, ctx.finetune, seed=ctx.seed, log=log, teacher=ctx.baseline,
+                              check=check, check_at=check.at if check else ()) if pruned else [])
+    except HopelessTrial as stop:
+        stop.timings = {**clock.timings, "total": round(sum(clock.timings.values()), 4)}  # its cost, for the record
+        raise
     with clock.stage("export"):
         fp32_path = export_onnx(model, ctx.space.example_input, out_dir / "model_fp32.onnx")
     with clock.stage("quantize"):

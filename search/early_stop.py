@@ -1,0 +1,171 @@
+"""Stop a fine-tune that cannot bring its plan within the accuracy-drop constraint.
+
+Optuna's pruners compare one objective across trials, and this study has several; the
+rule here compares each trial with the constraint instead, so it needs no other trial.
+
+The rule, at a check after ``step`` of ``steps`` fine-tune updates (``checks[k] * steps``):
+the pruned torch model, in eval mode, and the baseline answer the same seeded subset of the
+validation split; ``drop`` is the baseline's accuracy minus the model's, in points, and
+``se`` its standard error (from the per-sample differences, so the pairing is used). The
+trial stops when
+
+    drop > max_drop + slack[k] + z * se
+
+where ``max_drop`` is the ``accuracy_drop`` constraint. Why each term is there:
+
+- ``slack[k]``: the steps left after the check still recover accuracy, most of it early
+  (the learning rate decays on a cosine), so an earlier check gets a larger allowance.
+  The defaults (3.0 and 1.5 points at 34 % and 67 % of the steps) are above the largest
+  recovery measured on the default demo between a check and the end (experiments/early_stop/).
+- ``z * se``: the subset is a sample of the validation split; its drop may overstate the
+  full split's by chance. With z = 2 a plan at the bound is stopped wrongly about 2 % of
+  the times that chance alone puts it there.
+- Nothing for quantization: the trial's real score is the quantized ONNX file, which
+  usually loses a little more than the torch fp32 model, so the fp32 drop at a check
+  already underestimates the final drop. Leaving that out only makes the rule stop less.
+
+The check leaves no trace on a trial it does not stop: eval mode updates no BatchNorm
+statistics and draws no random numbers, so the fine-tuned weights are the same bits.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import optuna
+import torch
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from evaluators.base import Constraint, EvalData
+
+CONSTRAINED = "accuracy_drop"  # the only constraint a partly fine-tuned torch model can estimate
+BATCH = 500
+
+
+class HopelessTrial(optuna.TrialPruned):
+    """The fine-tune cannot bring the plan within the accuracy-drop constraint; Optuna records it PRUNED."""
+
+    def __init__(self, reason: str, *, step: int, steps: int, drop: float, bound: float) -> None:
+        super().__init__(reason)
+        self.reason, self.step, self.steps, self.drop, self.bound = reason, step, steps, drop, bound
+        self.timings: dict[str, float] = {}  # the stages the trial ran, filled in by run_trial
+
+    def record(self) -> dict[str, Any]:
+        """JSON-able, for the trial's user attributes."""
+        return {"step": self.step, "steps": self.steps, "subset_drop": round(self.drop, 4),
+                "bound": round(self.bound, 4)}
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """``search.early_stop``: when to check, on how many validation samples, and how much slack."""
+
+    enabled: bool = True
+    checks: Sequence[float] = (0.34, 0.67)  # fractions of the fine-tune steps
+    subset: int = 1000                      # validation samples, seeded and fixed per study
+    slack: Sequence[float] = (3.0, 1.5)     # points above the constraint allowed at each check
+    z: float = 2.0                          # standard errors of the subset drop allowed on top
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checks", tuple(float(c) for c in self.checks))
+        object.__setattr__(self, "slack", tuple(float(s) for s in self.slack))
+        if not all(0 < c < 1 for c in self.checks) or list(self.checks) != sorted(set(self.checks)):
+            raise ValueError(f"search.early_stop.checks={list(self.checks)}; allowed: increasing fractions of the "
+                             "fine-tune steps, each strictly between 0 and 1")
+        if len(self.slack) != len(self.checks) or any(s < 0 for s in self.slack):
+            raise ValueError(f"search.early_stop.slack={list(self.slack)}; allowed: one value >= 0 per check "
+                             f"({len(self.checks)} checks)")
+        if self.subset < 1 or self.z < 0:
+            raise ValueError(f"search.early_stop needs subset >= 1 and z >= 0; got subset={self.subset}, "
+                             f"z={self.z}")
+
+    def schedule(self, steps: int) -> dict[int, float]:
+        """``{step: slack}`` for ``steps`` updates; a check on the last step is dropped (the trial is scored next)."""
+        out: dict[int, float] = {}
+        for fraction, slack in zip(self.checks, self.slack):
+            step = max(1, round(fraction * steps))
+            if step < steps:
+                out.setdefault(step, slack)
+        return out
+
+    def bound(self, max_drop: float, slack: float, se: float) -> float:
+        """The largest subset drop a trial may show at a check and go on."""
+        return max_drop + slack + self.z * se
+
+
+def paired_drop(baseline_correct: np.ndarray, model_correct: np.ndarray) -> tuple[float, float]:
+    """The accuracy drop in points on the same samples, and its standard error."""
+    diff = baseline_correct.astype(np.float64) - model_correct.astype(np.float64)
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return 100.0 * float(diff.mean()), 100.0 * se
+
+
+class StopRule:
+    """:class:`EarlyStop` bound to one search: the subset, the baseline's answers on it, the constraint.
+
+    The baseline is scored once, at the first check, and kept: every trial compares with it.
+    """
+
+    def __init__(self, settings: EarlyStop, *, max_drop: float, baseline: nn.Module, val: EvalData,
+                 seed: int = 0) -> None:
+        self.settings, self.max_drop, self.baseline = settings, max_drop, baseline
+        n = min(settings.subset, len(val.labels))
+        picked = np.sort(np.random.default_rng(seed).choice(len(val.labels), size=n, replace=False))
+        self.inputs = torch.from_numpy(np.ascontiguousarray(val.inputs[picked])).float()
+        self.labels = torch.from_numpy(np.asarray(val.labels[picked])).long()
+        self._baseline_correct: np.ndarray | None = None
+
+    @property
+    def baseline_correct(self) -> np.ndarray:
+        if self._baseline_correct is None:
+            self._baseline_correct = self.correct(self.baseline)
+        return self._baseline_correct
+
+    def correct(self, model: nn.Module) -> np.ndarray:
+        """Which subset samples ``model`` (in eval mode) classifies correctly; its train/eval mode is restored."""
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            hits = [model(self.inputs[i:i + BATCH]).argmax(1) == self.labels[i:i + BATCH]
+                    for i in range(0, len(self.labels), BATCH)]
+        model.train(was_training)
+        return torch.cat(hits).numpy()
+
+    def check(self, steps: int) -> Check:
+        return Check(self, steps)
+
+    def judge(self, model: nn.Module, *, step: int, steps: int, slack: float) -> None:
+        """Raise :class:`HopelessTrial` when ``model`` is past the bound at ``step``."""
+        drop, se = paired_drop(self.baseline_correct, self.correct(model))
+        bound = self.settings.bound(self.max_drop, slack, se)
+        if drop > bound:
+            reason = (f"fine-tune step {step}/{steps}: accuracy drop {drop:.2f} points on "
+                      f"{len(self.labels)} validation samples > bound {bound:.2f} ({CONSTRAINED} <= "
+                      f"{self.max_drop:g}, + slack {slack:g}, + {self.settings.z:g} x s.e. {se:.2f})")
+            raise HopelessTrial(reason, step=step, steps=steps, drop=drop, bound=bound)
+
+
+class Check:
+    """What ``finetune(check=..., check_at=...)`` takes: the rule, called at the scheduled steps."""
+
+    def __init__(self, rule: StopRule, steps: int) -> None:
+        self.rule, self.steps = rule, steps
+        self.slack = rule.settings.schedule(steps)
+        self.at = frozenset(self.slack)
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        if step in self.slack:
+            self.rule.judge(model, step=step, steps=self.steps, slack=self.slack[step])
+
+
+def stop_rule(settings: EarlyStop | None, constraints: Sequence[Constraint], *, baseline: nn.Module,
+              val: EvalData, seed: int = 0) -> StopRule | None:
+    """The rule for a search, or None: switched off, or no ``accuracy_drop`` constraint to hold trials to."""
+    limits = [c.max for c in constraints if c.metric == CONSTRAINED]
+    if settings is None or not settings.enabled or not limits:
+        return None
+    return StopRule(settings, max_drop=min(limits), baseline=baseline, val=val, seed=seed)
