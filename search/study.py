@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.budget import claim_slot, shielded, time_limit
+from search.budget import BudgetReached, claim_slot, shielded, time_limit
 from search.early_stop import HopelessTrial
 from search.sampler import SAMPLERS, constraint_violations, make_sampler
 from search.trial import SearchContext, TrialResult, run_trial
@@ -143,15 +143,7 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
     """The function Optuna calls: sample a plan, run it, record everything, return the objectives."""
 
     def objective(trial: optuna.Trial) -> list[float]:
-        claim_slot(trial, budget)
-        trial.set_user_attr("worker", WORKER)
-        plan = ctx.space.suggest(trial)
-        run_id = tracker.trial_run(parent_run, trial.number, {**plan.params(), **trial_params}) if tracker else None
-        if run_id:
-            trial.set_user_attr("mlflow_run_id", run_id)
-        twin = evaluated_twin(trial.study, plan)
-        if twin is not None:
-            return reuse(trial, twin, objectives, tracker=tracker, run_id=run_id)
+        run_id = None
 
         def stage(name: str) -> None:
             # kept on the trial so a dashboard (or a test) can see what a running trial is doing
@@ -160,9 +152,22 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
             if on_stage:
                 on_stage(trial.number, name)
 
+        # Every moment of a trial, waiting for a slot and sampling included, records why it ended:
+        # a Ctrl-C while the plan is drawn must leave a reason and no MLflow run stuck RUNNING.
         try:
+            claim_slot(trial, budget)
+            trial.set_user_attr("worker", WORKER)
+            plan = ctx.space.suggest(trial)
+            run_id = tracker.trial_run(parent_run, trial.number, {**plan.params(), **trial_params}) if tracker else None
+            if run_id:
+                trial.set_user_attr("mlflow_run_id", run_id)
+            twin = evaluated_twin(trial.study, plan)
+            if twin is not None:
+                return reuse(trial, twin, objectives, tracker=tracker, run_id=run_id)
             with time_limit(trial_timeout):
                 result = run_trial(ctx, plan, number=trial.number, on_stage=stage)
+        except BudgetReached:
+            raise  # not needed: the study already holds its budget
         except HopelessTrial as stop:
             record_stopped(trial, stop, tracker=tracker, run_id=run_id)
             raise  # Optuna records it PRUNED: no objectives, not a failure, not a completed trial
