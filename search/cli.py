@@ -23,13 +23,13 @@ from search.confirm import ConfirmSettings
 from search.early_stop import EarlyStop
 from search.finetune import FinetuneSettings
 from search.onnx_export import ExportError
-from search.profile import ProfileSettings
+from search.profiling.profile import ProfileSettings
 from search.recorded_config import (ATTR, conflicts, effective, flatten, is_locating, masked_keys, override_key,
                                     package_manifest, record, refusal)
 from search.secrets import redact
 from search.storage import HeartbeatSettings
 from search.study import LOCAL_WORKER_ENV, SearchSettings
-from search.tracking import TrackingSettings
+from search.inspect.tracking import TrackingSettings
 from spaces.quantization import QuantSettings
 from spaces.space import PruneSpec, QuantSpec
 
@@ -204,7 +204,7 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
-    from search import pareto
+    from search.inspect import pareto
     from search.runner import run_search
 
     job = build_job(study_config(cfg, overrides, must_exist=False))
@@ -221,7 +221,7 @@ def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
 
 
 def cmd_export(cfg: DictConfig, overrides: list[str]) -> int:
-    from search.export import ExportSettings, export_command
+    from search.deploy.export import ExportSettings, export_command
 
     cfg = study_config(cfg, overrides)
     settings = plain(cfg.export)
@@ -231,7 +231,7 @@ def cmd_export(cfg: DictConfig, overrides: list[str]) -> int:
 
 def cmd_verify(cfg: DictConfig, overrides: list[str], *, package: Path) -> int:
     """``autosqueeze verify PACKAGE``: one PASS/FAIL line per check; loads the data group, never the model."""
-    from search.verify import VerifySettings, verify_package
+    from search.deploy.verify import VerifySettings, verify_package
 
     if not package.exists():
         raise UsageError(f"verify: no package at {package} (give the .zip or the folder `autosqueeze export` wrote)")
@@ -251,8 +251,8 @@ def cmd_verify(cfg: DictConfig, overrides: list[str], *, package: Path) -> int:
 
 
 def cmd_sync(cfg: DictConfig, overrides: list[str]) -> int:
-    from search.sync import sync
-    from search.tracking import Tracker
+    from search.inspect.sync import sync
+    from search.inspect.tracking import Tracker
 
     cfg = study_config(cfg, overrides)
     if cfg.tracking.uri is None:
@@ -267,7 +267,7 @@ def cmd_report(cfg: DictConfig, overrides: list[str]) -> int:
     """``<run_dir>/report.html`` plus ``<run_dir>/plots/`` for an existing study; loads no data and no model."""
     import shlex
 
-    from search.report import write_report
+    from search.inspect.report import write_report
     from search.study import check_objectives
 
     cfg = study_config(cfg, overrides)

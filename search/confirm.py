@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from evaluators.latency import interleaved, paired
-from search import pareto
+from search.inspect import pareto
 
 if TYPE_CHECKING:
     import optuna

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-from search.package import MANIFEST
+from search.deploy.package import MANIFEST
 from search.secrets import redact
 
 ATTR = "config"  # the study user attr (and manifest key) holding the recorded config

@@ -14,7 +14,7 @@ import optuna
 import torch
 
 from evaluators.base import check_metrics
-from search import pareto
+from search.inspect import pareto
 from search.baseline import load_checkpoint, trained_baseline
 from search.budget import interruptible
 from search.confirm import ConfirmSettings, confirm, nearby
@@ -22,15 +22,15 @@ from search.early_stop import EarlyStop, stop_rule
 from search.fingerprint import check_fingerprint, fingerprint
 from search.finetune import FinetuneSettings
 from search.onnx_export import export_onnx
-from search.plots import write_plots
-from search.profile import ProfileSettings
-from search.profiled import profiled
+from search.inspect.plots import write_plots
+from search.profiling.profile import ProfileSettings
+from search.profiling.prepare import profiled
 from search.progress import Progress
 from search.secrets import redact
 from search.storage import HeartbeatSettings, make_storage, storage_url
 from search.study import (LOCAL_WORKER_ENV, BudgetCallback, FailureLimit, SearchSettings, baseline_of, completed,
                           enqueue_references, feasible_results, objective_fn, open_study)
-from search.tracking import Tracker, TrackingSettings
+from search.inspect.tracking import Tracker, TrackingSettings
 from search.trial import SearchContext, TrialResult, measure, sha256_of
 from spaces.space import PruneSpec, QuantSpec, Space
 

@@ -17,7 +17,7 @@ from search.trial import SearchContext, TrialResult, run_trial
 
 if TYPE_CHECKING:
     from evaluators.base import Constraint, Objective
-    from search.tracking import Tracker
+    from search.inspect.tracking import Tracker
     from spaces.base import Plan
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from evaluators.latency import interleaved
 from machine import markdown
 from mobilenet_v2.layers import kind_probe, mix_table, precision_mix
-from search import pareto
+from search.inspect import pareto
 from search.study import feasible_results, results
 from search.trial import STAGES, TrialResult
 

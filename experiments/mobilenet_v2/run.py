@@ -10,7 +10,7 @@ measurement, one fine-tune recipe and one evaluator set (conf/experiment/mobilen
 - ``grid``: the six plans a user tries by hand, uniform ratio {0, 0.25, 0.5} x {fp32, int8};
 - ``random``: RandomSampler over autosqueeze's per-layer space, no reference plans;
 - ``autosqueeze``: the default sampler (NSGA-II) with its enqueued reference plans, then the seed
-  plans of its sensitivity profile (search/profile.py), and latency-aware precision choices.
+  plans of its sensitivity profile (search/profiling/profile.py), and latency-aware precision choices.
 
 ``random`` and ``autosqueeze`` get ``search.n_trials`` trials each. Studies resume: re-running the
 command finishes what is missing. The report (re-timing, tables, plot) is in ``report.py``.

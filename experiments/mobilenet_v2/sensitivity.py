@@ -4,7 +4,7 @@ Run from the repository root (the baseline is trained once and cached, as for ru
 
     .venv/bin/python experiments/mobilenet_v2/sensitivity.py [HYDRA OVERRIDES ...]
 
-Measures the profile autosqueeze measures before its first trial (search/profile.py) on one
+Measures the profile autosqueeze measures before its first trial (search/profiling/profile.py) on one
 torch thread, as the benchmark's trials ran, and writes sensitivity.md next to this file: the
 time per part, the share of the recorded autosqueeze search it would add, the groups ranked by
 accuracy cost per parameter, the layers that keep int4, and the seed plans next to the hand plan.
@@ -25,10 +25,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 from machine import markdown  # noqa: E402
 from mobilenet_v2.handplan import FIRST_LATE_BLOCK, late_half_plan  # noqa: E402
 from search.cli import build_job, load_config  # noqa: E402
-from search.narrow import narrowed  # noqa: E402
+from search.profiling.narrow import narrowed  # noqa: E402
 from search.onnx_export import export_onnx  # noqa: E402
-from search.profile_measure import measure_profile  # noqa: E402
-from search.seeds import fp32_outliers, seed_plans  # noqa: E402
+from search.profiling.measure import measure_profile  # noqa: E402
+from search.profiling.seeds import fp32_outliers, seed_plans  # noqa: E402
 from search.trial import SearchContext  # noqa: E402
 from search.runner import prepare, preflight  # noqa: E402
 

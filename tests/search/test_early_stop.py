@@ -20,7 +20,7 @@ from search.finetune import FinetuneSettings, finetune
 from search.runner import Job, preflight, run_search
 from search.sampler import make_sampler
 from search.study import BudgetCallback, FailureLimit, SearchSettings
-from search.tracking import TrackingSettings
+from search.inspect.tracking import TrackingSettings
 from spaces.base import Plan
 from spaces.space import PruneSpec, QuantSpec
 from tinynet import tiny_net
@@ -287,8 +287,8 @@ def test_the_progress_line_says_stopped_early(searched, caplog):
 
 
 def test_sync_replays_a_stopped_trial_as_pruned(searched, tmp_path):
-    from search.sync import sync
-    from search.tracking import Tracker
+    from search.inspect.sync import sync
+    from search.inspect.tracking import Tracker
 
     job, outcome = searched
     tracker = Tracker(TrackingSettings(uri=f"sqlite:///{tmp_path}/missed.db", experiment="es"))

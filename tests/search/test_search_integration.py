@@ -10,12 +10,12 @@ from mlflow.tracking import MlflowClient
 
 from tinynet import tiny_net
 from evaluators import Accuracy, Complexity, Constraint, Latency, Objective, Size
-from search import pareto
-from search.export import ExportSettings, select, write_package
+from search.inspect import pareto
+from search.deploy.export import ExportSettings, select, write_package
 from search.finetune import FinetuneSettings
 from search.runner import Job, run_search
 from search.study import SearchSettings, feasible_results, results
-from search.tracking import TrackingSettings
+from search.inspect.tracking import TrackingSettings
 from spaces.space import PruneSpec, QuantSpec
 
 OBJECTIVES = [Objective("accuracy", "maximize"), Objective("size_bytes", "minimize"),

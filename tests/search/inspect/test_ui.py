@@ -36,7 +36,7 @@ from evaluators import Accuracy, Constraint, Latency, Objective, Size
 from search.finetune import FinetuneSettings
 from search.runner import Job, run_search
 from search.study import SearchSettings
-from search.tracking import TrackingSettings
+from search.inspect.tracking import TrackingSettings
 from spaces.space import PruneSpec, QuantSpec
 from stores import baseline_cache, fresh_mlflow_store
 from tinynet import tiny_net

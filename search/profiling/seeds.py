@@ -22,7 +22,7 @@ from spaces.space import layer_of
 if TYPE_CHECKING:
     import optuna
 
-    from search.profile import Profile, ProfileSettings
+    from search.profiling.profile import Profile, ProfileSettings
     from spaces.space import Space
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 Per prune group: the accuracy lost by pruning that group alone (no fine-tuning) and the share
 of parameters and MACs it removes. Per layer: the error int8 adds there, and its share of the
-baseline's latency and size. Seeds (:mod:`search.seeds`) and the latency-aware precision
-choices (:mod:`search.narrow`) are derived from it; the report shows it.
+baseline's latency and size. Seeds (:mod:`search.profiling.seeds`) and the latency-aware precision
+choices (:mod:`search.profiling.narrow`) are derived from it; the report shows it.
 
 The profile is stored as the study's ``profile`` user attribute (and copied to
 ``<run_dir>/profile.json``); a resume, or another worker, reads it back and measures nothing.
@@ -127,7 +127,7 @@ def load_or_measure(study: optuna.Study, ctx: SearchContext, settings: ProfileSe
     """The study's profile: read back when it holds one, else measured now and stored on it."""
     profile = stored_profile(study)
     if profile is None:
-        from search.profile_measure import measure_profile
+        from search.profiling.measure import measure_profile
 
         log.info("profiling %d prune groups and %d layers (once per study)", len(ctx.space.prune_knobs),
                  len(ctx.space.quant_knobs))

@@ -4,7 +4,7 @@ Package layout (the folder, and the zip under one top folder ``<study>-trial<N>/
 
     model.onnx         the trial's quantized model, byte-identical to the one the search scored
     model_fp32.onnx    the same pruned model before quantization (fallback; export.include_fp32)
-    predict.py         runnable example: numpy + onnxruntime only (source: search/predict_template.py)
+    predict.py         runnable example: numpy + onnxruntime only (source: search/deploy/predict_template.py)
     requirements.txt   what predict.py needs
     manifest.json      plan, metrics, baseline, preprocessing, input shape, CPU, versions, sha256 of every other file
 
@@ -15,7 +15,7 @@ instruction-set flags ONNX Runtime picks its int8 kernels by, so ``verify`` know
 few samples may legitimately flip. ``rebuilt`` says whether the trial's files had to be
 rebuilt from its plan, and ``logged`` what the study recorded when the rebuild differs.
 
-This module imports no torch at import time: ``search.verify`` reuses its helpers on
+This module imports no torch at import time: ``search.deploy.verify`` reuses its helpers on
 machines that only have numpy and onnxruntime.
 """
 from __future__ import annotations

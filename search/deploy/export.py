@@ -1,6 +1,6 @@
 """Export a chosen trial as a deploy package: a folder, a zip beside it, an MLflow run and a registered model.
 
-The package itself (files, manifest, zip) is built by ``search.package``; this module
+The package itself (files, manifest, zip) is built by ``search.deploy.package``; this module
 picks the trial, replays it when its files are gone, and logs the result. A replayed trial
 is held to what the study logged (sha256 and val accuracy): a rebuild that differs is not
 the model the search chose, so it ships only with ``export.accept_rebuilt=true``.
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import optuna
 
-from search.package import (FP32, RebuildMismatchError, package_name, versions, write_package, write_zip,
+from search.deploy.package import (FP32, RebuildMismatchError, package_name, versions, write_package, write_zip,
                             zip_path_for)
 from search.trial import TrialResult, run_trial, sha256_of
 
@@ -84,7 +84,7 @@ def export_command(job: Any, settings: ExportSettings) -> int:
     from search.runner import build_context
     from search.storage import existing_storage
     from search.study import baseline_of, feasible_results, load_study, results
-    from search import pareto
+    from search.inspect import pareto
 
     study = load_study(job.search.study_name, existing_storage(job.storage_url, job.search.study_name))
     front = pareto.front(feasible_results(study), job.objectives)
@@ -124,7 +124,7 @@ def summary(manifest: dict, logged: TrialResult, out: Path) -> str:
 def log_to_mlflow(job: Any, study: optuna.Study, out: Path, archive: Path, manifest: dict,
                   registered_name: str | None) -> None:
     """The export run (folder + zip) and, when named, a new registered model version; failures only warn."""
-    from search.tracking import Tracker
+    from search.inspect.tracking import Tracker
 
     tracker = Tracker(job.tracking)
     run_id = tracker.log_export(study.user_attrs.get("mlflow_parent_run_id"), out, manifest, zip_path=archive)

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch_pruning as tp
 
-from search.profile import GroupProfile, LayerProfile, Profile, ProfileSettings, PrunePoint
-from search.profile_onnx import OTHER, int8_errors, latency_shares, size_shares
+from search.profiling.profile import GroupProfile, LayerProfile, Profile, ProfileSettings, PrunePoint
+from search.profiling.onnx_figures import OTHER, int8_errors, latency_shares, size_shares
 from search.trial import Stopwatch
 from spaces.base import Plan
 from spaces.layers import layer_names

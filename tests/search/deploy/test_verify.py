@@ -13,8 +13,8 @@ import pytest
 
 from evaluators.base import EvalData
 from search.cli import data_splits, load_config, main
-from search.package import cpu_info
-from search.verify import Check, VerifySettings, verify_package
+from search.deploy.package import cpu_info
+from search.deploy.verify import Check, VerifySettings, verify_package
 from stores import fresh_mlflow_store
 
 STUDY = "vfy"
@@ -209,7 +209,7 @@ import sys
 sys.modules["torch"] = None  # any import of torch now fails
 import numpy as np
 from evaluators.base import EvalData
-from search.verify import VerifySettings, verify_package
+from search.deploy.verify import VerifySettings, verify_package
 arrays = np.load(sys.argv[2])
 val, test = EvalData(arrays["vx"], arrays["vy"]), EvalData(arrays["tx"], arrays["ty"])
 checks = verify_package(sys.argv[1], val=val, test=test, settings=VerifySettings(max_slowdown=1e3))

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import optuna
 
     from evaluators.base import Objective
-    from search.profile import Profile
+    from search.profiling.profile import Profile
     from spaces.space import QuantSpec, Space
 
 log = logging.getLogger(__name__)

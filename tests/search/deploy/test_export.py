@@ -10,13 +10,13 @@ import optuna
 import pytest
 
 from evaluators import Accuracy, Latency, Objective, Size
-from search.export import ExportSettings, RebuildMismatchError, export_command
+from search.deploy.export import ExportSettings, RebuildMismatchError, export_command
 from search.finetune import FinetuneSettings
-from search.package import file_sha256, write_package
+from search.deploy.package import file_sha256, write_package
 from search.runner import Job, run_search
 from search.study import SearchSettings, baseline_of, results
 from search.trial import TrialResult
-from search.verify import VerifySettings, verify_package
+from search.deploy.verify import VerifySettings, verify_package
 from spaces.space import PruneSpec, QuantSpec
 from stores import baseline_cache
 from tinynet import tiny_net

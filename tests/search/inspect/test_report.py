@@ -8,8 +8,8 @@ import optuna
 import pytest
 
 from search.cli import main
-from search.plots import PlotData
-from search.report import sensitivity, write_report
+from search.inspect.plots import PlotData
+from search.inspect.report import sensitivity, write_report
 from search.trial import TrialResult
 from spaces.base import Plan
 from test_plots import OBJECTIVES, STUDY, built_study, open_study

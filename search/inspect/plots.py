@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
 from evaluators.base import Objective
-from search import pareto
+from search.inspect import pareto
 from search.study import baseline_of, feasible, results as study_results
 from search.trial import TrialResult
 

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from evaluators.base import Objective
-from search.pareto import COLUMNS, front, hypervolume, rows, table, write_front
+from search.inspect.pareto import COLUMNS, front, hypervolume, rows, table, write_front
 from search.trial import TrialResult
 from spaces.base import Plan
 

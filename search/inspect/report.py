@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 from optuna.trial import TrialState
 
-from search.narrow import offered
-from search.plots import PlotData, plan_label, write_plots
-from search.profile import stored_profile
-from search.profile_plot import write_profile_plots
-from search.report_profile import cost_line, group_rows, layer_rows
+from search.profiling.narrow import offered
+from search.inspect.plots import PlotData, plan_label, write_plots
+from search.profiling.profile import stored_profile
+from search.inspect.profile_plot import write_profile_plots
+from search.inspect.report_profile import cost_line, group_rows, layer_rows
 
 if TYPE_CHECKING:
     import optuna

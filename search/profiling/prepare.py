@@ -4,16 +4,16 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from search.narrow import narrowed
-from search.profile import FILE, load_or_measure, stored_profile
-from search.profile_plot import write_profile_plots
-from search.seeds import enqueue_seeds
+from search.profiling.narrow import narrowed
+from search.profiling.profile import FILE, load_or_measure, stored_profile
+from search.inspect.profile_plot import write_profile_plots
+from search.profiling.seeds import enqueue_seeds
 
 if TYPE_CHECKING:
     import optuna
 
     from search.runner import Job
-    from search.tracking import Tracker
+    from search.inspect.tracking import Tracker
     from search.trial import SearchContext
 
 

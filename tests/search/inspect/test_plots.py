@@ -9,9 +9,9 @@ import optuna
 import pytest
 
 from evaluators import Accuracy, Complexity, Constraint, Latency, Objective, Size
-from search import pareto
+from search.inspect import pareto
 from search.finetune import FinetuneSettings
-from search.plots import PlotData, hypervolume_history, layer_matrix, layers_png, plan_label, write_plots
+from search.inspect.plots import PlotData, hypervolume_history, layer_matrix, layers_png, plan_label, write_plots
 from search.runner import Job, run_search
 from search.study import SearchSettings
 from search.trial import TrialResult

@@ -19,13 +19,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from evaluators import Accuracy, Latency, Objective, Size
-from search.export import ExportSettings, export_command
+from search.deploy.export import ExportSettings, export_command
 from search.finetune import FinetuneSettings
-from search.package import ISA_FLAGS, PACKAGE_FILES, cpu_info, write_zip
-from search.predict_template import preprocess
+from search.deploy.package import ISA_FLAGS, PACKAGE_FILES, cpu_info, write_zip
+from search.deploy.predict_template import preprocess
 from search.runner import Job, run_search
 from search.study import SearchSettings, baseline_of, results
-from search.tracking import TrackingSettings
+from search.inspect.tracking import TrackingSettings
 from spaces.space import PruneSpec, QuantSpec
 from stores import baseline_cache, fresh_mlflow_store
 from tinynet import tiny_net
@@ -218,7 +218,7 @@ def test_a_registry_failure_warns_and_the_export_still_succeeds(exported, tmp_pa
 
     monkeypatch.setattr(MlflowClient, "create_model_version", refuse)
     out = tmp_path / "deploy"
-    with caplog.at_level(logging.WARNING, logger="search.tracking"):
+    with caplog.at_level(logging.WARNING, logger="search.inspect.tracking"):
         assert export_command(job, ExportSettings(trial=1, out=str(out), registered_name="never")) == 0
     assert "model registry is down" in caplog.text
     assert "registered in MLflow" not in capsys.readouterr().out
@@ -233,7 +233,7 @@ def test_an_mlflow_outage_warns_and_the_export_still_succeeds(exported, tmp_path
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     offline = dataclasses.replace(job, tracking=TrackingSettings(uri=dead, experiment=STUDY))
-    with caplog.at_level(logging.WARNING, logger="search.tracking"):
+    with caplog.at_level(logging.WARNING, logger="search.inspect.tracking"):
         assert export_command(offline, ExportSettings(trial=1, out=str(tmp_path / "deploy"))) == 0
     assert f"MLflow at {dead} is unreachable" in caplog.text
     assert zipfile.is_zipfile(tmp_path / f"{STUDY}-trial1.zip")

@@ -12,16 +12,16 @@ from mlflow.tracking import MlflowClient
 
 from evaluators import Accuracy, Complexity, Constraint, Latency, Objective, Size
 from search.finetune import FinetuneSettings
-from search.narrow import latency_choices, narrowed, weight_only_layers
+from search.profiling.narrow import latency_choices, narrowed, weight_only_layers
 from search.onnx_export import export_onnx
-from search.profile import (GroupProfile, LayerProfile, Profile, ProfileSettings, PrunePoint, load_or_measure,
+from search.profiling.profile import (GroupProfile, LayerProfile, Profile, ProfileSettings, PrunePoint, load_or_measure,
                             stored_profile)
-from search.profile_measure import measure_profile
-from search.report import write_report
+from search.profiling.measure import measure_profile
+from search.inspect.report import write_report
 from search.runner import Job, build_context, prepare, run_search
-from search.seeds import greedy_groups, seed_plans
+from search.profiling.seeds import greedy_groups, seed_plans
 from search.study import SearchSettings
-from search.tracking import TrackingSettings
+from search.inspect.tracking import TrackingSettings
 from spaces.space import PruneSpec, QuantSpec, Space
 from tinynet import tiny_net
 
@@ -87,7 +87,7 @@ def test_a_study_measures_its_profile_once_and_a_resume_reads_it_back(searched, 
     def refuse(*_, **__):
         raise AssertionError("the profile was measured again")
 
-    monkeypatch.setattr("search.profile_measure.measure_profile", refuse)
+    monkeypatch.setattr("search.profiling.measure.measure_profile", refuse)
     resumed = run_search(replace(job, search=replace(job.search, n_trials=6)))
     assert stored_profile(resumed.study) == stored
     assert load_or_measure(resumed.study, build_context(job, resumed.study, prepare(job)), SETTINGS) == stored

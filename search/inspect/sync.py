@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from search import pareto
+from search.inspect import pareto
 from search.study import feasible, feasible_results
 from search.trial import TrialResult
 
 if TYPE_CHECKING:
     from evaluators.base import Objective
-    from search.tracking import Tracker
+    from search.inspect.tracking import Tracker
 
 
 class TrackingUnavailable(ConnectionError):

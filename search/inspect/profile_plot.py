@@ -9,10 +9,10 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
-from search.plots import DPI, _write_html
+from search.inspect.plots import DPI, _write_html
 
 if TYPE_CHECKING:
-    from search.profile import Profile
+    from search.profiling.profile import Profile
 
 TITLES = ("Accuracy lost by pruning one group alone, no fine-tuning (points)",
           "Share of the fp32 baseline per layer (%)")

@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from search.profile import Profile
+from search.profiling.profile import Profile
 
 if TYPE_CHECKING:
     from search.trial import TrialResult

@@ -34,8 +34,8 @@ from evaluators._session import make_session
 from evaluators.accuracy import Accuracy
 from evaluators.base import EvalData
 from evaluators.latency import Latency, interleaved
-from search.package import MANIFEST, MODEL, PREDICT, cpu_info, data_fingerprint, file_sha256
-from search.predict_template import preprocess
+from search.deploy.package import MANIFEST, MODEL, PREDICT, cpu_info, data_fingerprint, file_sha256
+from search.deploy.predict_template import preprocess
 
 # Runs predict.py as a deploy target would: isolated mode, and torch made unimportable.
 NO_TORCH = ("import runpy, sys\n"

@@ -1,0 +1,1 @@
+"""What a person reads: the Pareto front, plots, the HTML report and MLflow tracking."""
