@@ -221,7 +221,7 @@ def test_the_package_checks_run_where_torch_cannot_be_imported(package, splits, 
     np.savez(tmp_path / "eval.npz", vx=splits["val"].inputs, vy=splits["val"].labels,
              tx=splits["test"].inputs, ty=splits["test"].labels)
     done = subprocess.run([sys.executable, "-c", NO_TORCH_VERIFY, str(package[0]), str(tmp_path / "eval.npz")],
-                          cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=120)
+                          cwd=Path(__file__).parents[3], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [line.split(":")[0] for line in done.stdout.strip().splitlines()] == [
         "PASS files", "PASS accuracy", "PASS test_accuracy", "PASS latency", "PASS predict"]
