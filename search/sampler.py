@@ -1,9 +1,12 @@
 """Optuna samplers for the search, with the hand-made reference plans counted as NSGA-II parents."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections import Counter
+from typing import Any, Sequence
 
+import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
@@ -11,7 +14,7 @@ SAMPLERS = ("nsga2", "tpe", "random")
 
 
 class SeededNSGAIISampler(optuna.samplers.NSGAIISampler):
-    """NSGA-II whose first generation includes the enqueued trials.
+    """NSGA-II whose first generation includes the enqueued trials, and whose children may move a block.
 
     Optuna stamps a trial's generation only when it samples relative parameters, which an
     enqueued trial never does: the reference plans (fp32, uniform int8, uniform prune + int8)
@@ -19,20 +22,64 @@ class SeededNSGAIISampler(optuna.samplers.NSGAIISampler):
     random plans. Stamping them at the start makes them members of the current generation.
     """
 
+    def __init__(self, *, blocks: Sequence[Sequence[str]] = (), block_move_prob: float = 0.0,
+                 seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self.blocks, self.block_move_prob = [tuple(b) for b in blocks], block_move_prob
+        self.move_rng = np.random.RandomState(seed)
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        """NSGA-II's child (crossover and mutation), plus, now and then, one block move.
+
+        A block is the knobs of one kind at one resolution (``Space.blocks``). Uniform crossover
+        and 1/n mutation change a few of dozens of knobs at a time, and the plans on the way to
+        "every late group at 0.5" are neither smaller nor faster, so the search never gets there;
+        one block move does it in a single child. With probability ``block_move_prob`` a child
+        gets one: a random block, set to a value its knobs share, other than the one most hold now.
+        """
+        params = super().sample_relative(study, trial, search_space)
+        if not params or not self.blocks or self.move_rng.rand() >= self.block_move_prob:
+            return params
+        block = [n for n in self.blocks[self.move_rng.randint(len(self.blocks))] if n in search_space]
+        moved = block_move(block, search_space, params, self.move_rng)
+        if moved:  # recorded as NSGA-II records a trial's generation, so a move can be traced to its result
+            study._storage.set_trial_user_attr(trial._trial_id, "block_move",
+                                               {"knobs": len(moved), "first": block[0], "value": moved[block[0]]})
+        return {**params, **moved}
+
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         if trial.system_attrs.get("fixed_params"):
             self.get_trial_generation(study, trial)
         super().before_trial(study, trial)
 
 
+def block_move(block: Sequence[str], space: dict[str, BaseDistribution], params: dict[str, Any],
+               rng: np.random.RandomState) -> dict[str, Any]:
+    """One value for every knob of ``block`` that offers it; ``{}`` when no other value is shared."""
+    shared = None
+    for name in block:
+        dist = space[name]
+        if not isinstance(dist, CategoricalDistribution):
+            return {}
+        shared = list(dist.choices) if shared is None else [c for c in shared if c in dist.choices]
+    held = Counter(params[n] for n in block if n in params).most_common(1)
+    values = [c for c in shared or () if not held or c != held[0][0]]
+    if not values:
+        return {}
+    value = values[rng.randint(len(values))]
+    return {name: value for name in block}
+
+
 def constraint_violations(trial: FrozenTrial) -> Sequence[float]:
     return trial.user_attrs.get("constraints", [float("inf")])
 
 
-def make_sampler(name: str, *, seed: int, population_size: int) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, *, seed: int, population_size: int, blocks: Sequence[Sequence[str]] = (),
+                 block_move_prob: float = 0.0) -> optuna.samplers.BaseSampler:
     if name == "nsga2":
-        return SeededNSGAIISampler(population_size=population_size, seed=seed,
-                                   constraints_func=constraint_violations)
+        return SeededNSGAIISampler(population_size=population_size, seed=seed, constraints_func=constraint_violations,
+                                   blocks=blocks, block_move_prob=block_move_prob)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, constraints_func=constraint_violations, multivariate=True)
     if name == "random":

@@ -36,6 +36,7 @@ class SearchSettings:
     timeout: float | None = None
     sampler: str = "nsga2"
     population_size: int = 8
+    block_move_prob: float = 0.5
     seed: int = 0
     reference_ratio: float = 0.25
     max_failures: int = 5
@@ -49,6 +50,9 @@ class SearchSettings:
             raise ValueError("search.n_trials and search.timeout are both null; set at least one budget")
         if self.workers < 1:
             raise ValueError(f"search.workers={self.workers}: must be at least 1")
+        if not 0.0 <= self.block_move_prob <= 1.0:
+            raise ValueError(f"search.block_move_prob={self.block_move_prob!r} is outside [0, 1]; it is the "
+                             "chance that an NSGA-II child also sets one resolution stage's knobs to one value")
 
 
 def feasible(trial: FrozenTrial) -> bool:
@@ -56,23 +60,28 @@ def feasible(trial: FrozenTrial) -> bool:
 
 
 def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage,
-               objectives: Sequence[Objective]) -> optuna.Study:
-    """Create the study, or load it when one of that name exists; its objectives must match."""
+               objectives: Sequence[Objective], blocks: Sequence[Sequence[str]] = ()) -> optuna.Study:
+    """Create the study, or load it when one of that name exists; its objectives must match.
+
+    ``blocks`` are the knob names NSGA-II may move together (``Space.blocks``).
+    """
     study = optuna.create_study(study_name=settings.study_name, storage=storage, load_if_exists=True,
-                                directions=[o.direction for o in objectives], sampler=_sampler(settings))
+                                directions=[o.direction for o in objectives], sampler=_sampler(settings, blocks))
     # A resumed study, or a second worker, must not replay the first run's random draws.
     offset = len(study.get_trials(deepcopy=False)) + (os.getpid() if os.environ.get(LOCAL_WORKER_ENV) else 0)
     if offset:
-        study.sampler = _sampler(settings, seed=settings.seed + offset)
+        study.sampler = _sampler(settings, blocks, seed=settings.seed + offset)
     if study.user_attrs.get("objectives") is None:
         study.set_user_attr("objectives", [o.metric for o in objectives])
     check_objectives(study, objectives)
     return study
 
 
-def _sampler(settings: SearchSettings, seed: int | None = None) -> optuna.samplers.BaseSampler:
+def _sampler(settings: SearchSettings, blocks: Sequence[Sequence[str]],
+             seed: int | None = None) -> optuna.samplers.BaseSampler:
     return make_sampler(settings.sampler, seed=settings.seed if seed is None else seed,
-                        population_size=settings.population_size)
+                        population_size=settings.population_size, blocks=blocks,
+                        block_move_prob=settings.block_move_prob)
 
 
 def check_objectives(study: optuna.Study, objectives: Sequence[Objective]) -> None:

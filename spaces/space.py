@@ -11,6 +11,7 @@ from spaces.base import Plan, PlanError
 from spaces.layers import check_names, head_name, layer_names, prunable_groups, resolve_members
 from spaces.pruning import IMPORTANCES, PruneRatio, prune
 from spaces.quantization import Precision, QuantSettings
+from spaces.stages import output_resolutions, stage_blocks
 
 if TYPE_CHECKING:
     import optuna
@@ -68,6 +69,8 @@ class Space:
     quant_spec: QuantSpec
     head: str
     example_input: torch.Tensor = field(repr=False)
+    # knob names that run at one resolution, one kind per block: what a sampler may move together
+    blocks: tuple[tuple[str, ...], ...] = ()
 
     @classmethod
     def build(cls, model: nn.Module, example_input: torch.Tensor, *, prune_spec: PruneSpec,
@@ -83,7 +86,9 @@ class Space:
             for root in groups if root not in skipped)
         quant_knobs = tuple(Precision(f"quant.{name}", quant_spec.precisions)
                             for name in layers if name not in quant_spec.exclude)
-        return cls(prune_knobs, quant_knobs, prune_spec, quant_spec, head, example_input)
+        knob_layers = {k.name: layer_of(k.name) for k in (*prune_knobs, *quant_knobs)}
+        blocks = stage_blocks(knob_layers, output_resolutions(model, example_input))
+        return cls(prune_knobs, quant_knobs, prune_spec, quant_spec, head, example_input, blocks)
 
     @property
     def knobs(self) -> tuple[PruneRatio | Precision, ...]:

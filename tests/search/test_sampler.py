@@ -1,6 +1,7 @@
 """The NSGA-II sampler counts enqueued reference plans as members of its first generation."""
 from __future__ import annotations
 
+import numpy as np
 import optuna
 import pytest
 
@@ -42,3 +43,52 @@ def test_reference_plans_are_bred_from():
 def test_unknown_sampler_names_the_allowed_ones():
     with pytest.raises(ValueError, match="nsga2, tpe, random"):
         make_sampler("grid", seed=0, population_size=4)
+
+
+RATIOS = (0.0, 0.25, 0.5)
+LATE = tuple(f"prune.late{i}" for i in range(6))
+EARLY = tuple(f"prune.early{i}" for i in range(6))
+
+
+def stage_objective(trial: optuna.Trial) -> tuple[float, float]:
+    """Pays only when every late knob is at 0.5 (the hand plan's shape); early pruning only costs."""
+    late = [trial.suggest_categorical(n, RATIOS) for n in LATE]
+    early = [trial.suggest_categorical(n, RATIOS) for n in EARLY]
+    return float(all(r == 0.5 for r in late)), -sum(early)
+
+
+def stage_search(prob: float, trials: int = 40) -> optuna.Study:
+    sampler = make_sampler("nsga2", seed=1, population_size=6, blocks=(LATE, EARLY), block_move_prob=prob)
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+    study.optimize(stage_objective, n_trials=trials)
+    return study
+
+
+def test_a_block_move_sets_the_whole_block_to_one_new_value():
+    study = stage_search(prob=1.0, trials=14)
+    moved = [t for t in study.trials if "block_move" in t.user_attrs]
+    assert len(moved) == 14 - 6  # every bred child, none of the random first generation
+    for trial in moved:
+        move = trial.user_attrs["block_move"]
+        block = LATE if move["first"] in LATE else EARLY
+        assert {trial.params[n] for n in block} == {move["value"]}
+        assert move["knobs"] == 6
+
+
+def test_block_moves_reach_a_plan_that_per_knob_breeding_does_not():
+    # six knobs must all hold 0.5 at once; each partial step is worth nothing
+    assert max(t.values[0] for t in stage_search(prob=0.5).trials) == 1.0
+    assert max(t.values[0] for t in stage_search(prob=0.0).trials) == 0.0
+
+
+def test_block_move_skips_values_not_every_knob_offers():
+    from optuna.distributions import CategoricalDistribution
+
+    from search.sampler import block_move
+
+    space = {"quant.a": CategoricalDistribution(["fp32", "int8", "int4"]),
+             "quant.b": CategoricalDistribution(["fp32", "int8"])}
+    rng = np.random.RandomState(0)
+    for _ in range(20):  # the only value shared and not already held by most is fp32
+        assert block_move(["quant.a", "quant.b"], space, {"quant.a": "int8", "quant.b": "int8"}, rng) == \
+            {"quant.a": "fp32", "quant.b": "fp32"}

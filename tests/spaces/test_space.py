@@ -220,3 +220,15 @@ def test_apply_with_identity_plan_changes_nothing(space, model, x):
 def test_layer_of():
     assert layer_of("quant.layer1.0.conv1") == "layer1.0.conv1"
     assert layer_of("prune.fc") == "fc"
+
+
+def test_blocks_hold_one_kind_at_one_resolution(space):
+    # 28x28 input: stem, layer1 run at 14x14; down, layer2 at 7x7; fc (a vector) stands alone
+    assert sorted(map(sorted, space.blocks)) == sorted([
+        ["prune.layer1.conv1", "prune.layer1.conv2"], ["prune.layer2.conv1", "prune.layer2.conv2"],
+        ["quant.layer1.conv1", "quant.layer1.conv2", "quant.stem.0"],
+        ["quant.down.0", "quant.layer2.conv1", "quant.layer2.conv2"]])
+
+
+def test_blocks_survive_narrowed_choices(space):
+    assert space.with_choices({"quant.fc": ("fp32",)}).blocks == space.blocks
