@@ -21,6 +21,7 @@ from evaluators.base import Constraint, Objective
 from search.baseline import cache_key, training_data
 from search.confirm import ConfirmSettings
 from search.early_stop import EarlyStop
+from search.prescreen import Prescreen
 from search.finetune import FinetuneSettings
 from search.onnx_export import ExportError
 from search.profiling.profile import ProfileSettings
@@ -90,7 +91,7 @@ def quant_spec(cfg: DictConfig) -> QuantSpec:
 
 def search_settings(cfg: DictConfig) -> SearchSettings:
     s = plain(cfg.search)
-    for nested in ("finetune", "heartbeat", "confirm", "profile", "early_stop"):
+    for nested in ("finetune", "heartbeat", "confirm", "profile", "early_stop", "prescreen"):
         s.pop(nested, None)
     return SearchSettings(**s)
 
@@ -187,6 +188,7 @@ def build_job(cfg: DictConfig):
               tracking=tracking, storage=cfg.storage, heartbeat=HeartbeatSettings(**plain(cfg.search.heartbeat)),
               confirm=ConfirmSettings(**plain(cfg.search.confirm)),
               early_stop=EarlyStop(**plain(cfg.search.get("early_stop") or {})),
+              prescreen=Prescreen(**plain(cfg.search.get("prescreen") or {})),
               profile=ProfileSettings(**plain(cfg.search.get("profile") or {})),
               settings_params=settings_params(cfg), config=record(plain(cfg)))
     job.check()

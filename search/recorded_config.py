@@ -24,7 +24,7 @@ ATTR = "config"  # the study user attr (and manifest key) holding the recorded c
 FOLLOW_COMMAND = ("paths", "storage", "search.study_name", "export", "quiet")
 # Keys that change no recorded number: the recorded value unless the command line changes it.
 REMEMBERED = ("tracking", "search.n_trials", "search.timeout", "search.workers", "search.heartbeat",
-              "search.trial_timeout", "search.max_failures", "search.early_stop",
+              "search.trial_timeout", "search.max_failures", "search.early_stop", "search.prescreen",
               # local workers set it to share the cores; ONNX Runtime's accuracy does not depend on it
               "evaluator.evaluators.accuracy.threads")
 LOCATING = ("storage", "search.study_name", "paths")  # what finds a study; the baseline for "changed"

@@ -19,6 +19,7 @@ from search.baseline import load_checkpoint, trained_baseline
 from search.budget import interruptible
 from search.confirm import ConfirmSettings, confirm, nearby
 from search.early_stop import EarlyStop, stop_rule
+from search.prescreen import Prescreen
 from search.fingerprint import check_fingerprint, fingerprint
 from search.finetune import FinetuneSettings
 from search.onnx_export import export_onnx
@@ -68,6 +69,7 @@ class Job:
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
     early_stop: EarlyStop | None = None  # None fine-tunes every plan in full
+    prescreen: Prescreen | None = None   # None fine-tunes every plan, however it compares before
     profile: ProfileSettings | None = field(default_factory=ProfileSettings)  # None: no profile, seeds or narrowing
     settings_params: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)  # the composed config, recorded on a new study
@@ -237,7 +239,8 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
             elif budget is None or done < budget:
                 study.optimize(objective_fn(ctx, job.objectives, job.constraints, tracker=tracker,
                                             parent_run=parent, trial_params=job.settings_params, budget=budget,
-                                            trial_timeout=job.search.trial_timeout, on_stage=progress.stage),
+                                            trial_timeout=job.search.trial_timeout, on_stage=progress.stage,
+                                            prescreen=job.prescreen),
                                timeout=job.search.timeout, catch=(Exception,), callbacks=callbacks)
     except KeyboardInterrupt:
         ending = "interrupted"

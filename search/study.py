@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.budget import BudgetReached, claim_slot, shielded, time_limit
 from search.early_stop import HopelessTrial
+from search.prescreen import DominatedPlan, Prescreen, screen_against
 from search.sampler import SAMPLERS, constraint_violations, make_sampler
 from search.trial import SearchContext, TrialResult, run_trial
 
@@ -148,7 +149,8 @@ class FailureLimit:
 def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraints: Sequence[Constraint], *,
                  tracker: Tracker | None, parent_run: str | None, trial_params: dict[str, Any],
                  budget: int | None = None, trial_timeout: float | None = None,
-                 on_stage: Callable[[int, str], None] | None = None) -> Callable[[optuna.Trial], list[float]]:
+                 on_stage: Callable[[int, str], None] | None = None,
+                 prescreen: Prescreen | None = None) -> Callable[[optuna.Trial], list[float]]:
     """The function Optuna calls: sample a plan, run it, record everything, return the objectives."""
 
     def objective(trial: optuna.Trial) -> list[float]:
@@ -173,11 +175,12 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
             twin = evaluated_twin(trial.study, plan)
             if twin is not None:
                 return reuse(trial, twin, objectives, tracker=tracker, run_id=run_id)
+            screen = screen_against(lambda: feasible_results(trial.study, as_searched=True), objectives, prescreen)
             with time_limit(trial_timeout):
-                result = run_trial(ctx, plan, number=trial.number, on_stage=stage)
+                result = run_trial(ctx, plan, number=trial.number, on_stage=stage, screen=screen)
         except BudgetReached:
             raise  # not needed: the study already holds its budget
-        except HopelessTrial as stop:
+        except (HopelessTrial, DominatedPlan) as stop:
             record_stopped(trial, stop, tracker=tracker, run_id=run_id)
             raise  # Optuna records it PRUNED: no objectives, not a failure, not a completed trial
         except BaseException as exc:
@@ -197,12 +200,13 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
     return objective
 
 
-def record_stopped(trial: optuna.Trial, stop: HopelessTrial, *, tracker: Tracker | None, run_id: str | None) -> None:
-    """Why the early-stopping rule ended ``trial`` and what its fine-tune had cost by then."""
+def record_stopped(trial: optuna.Trial, stop: HopelessTrial | DominatedPlan, *, tracker: Tracker | None,
+                   run_id: str | None) -> None:
+    """Why the early-stopping rule or the prescreen ended ``trial``, and what it had cost by then."""
     with shielded():
         trial.set_user_attr("pruned_reason", stop.reason)
         trial.set_user_attr("timings", stop.timings)
-        trial.set_user_attr("early_stop", stop.record())
+        trial.set_user_attr("prescreen" if isinstance(stop, DominatedPlan) else "early_stop", stop.record())
     if run_id:
         tracker.prune_trial(run_id, stop.reason, timings=stop.timings, record=stop.record())
 

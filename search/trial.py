@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 from search.early_stop import HopelessTrial
 from search.finetune import FinetuneSettings, Logger, finetune
 from search.onnx_export import export_onnx
+from search.prescreen import DominatedPlan, Screen, structure_figures
 from spaces.base import Plan
 from spaces.quantization import quantize
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from spaces.space import Space
     from zoo.data import DataSplits
 
-STAGES = ("prune", "finetune", "export", "quantize", "evaluate")
+STAGES = ("prune", "prescreen", "finetune", "export", "quantize", "evaluate")
 RETIMED = ("latency_ms", "latency_p90_ms", "latency_cv", "speedup")
 """Metrics the end of a search measures again, with more runs; the in-search values stay as ``search_*``."""
 
@@ -54,6 +55,7 @@ class TrialResult:
     model_path: str
     sha256: str
     curve: Sequence[tuple[int, float, float]] = field(default_factory=tuple)
+    before_finetune: Mapping[str, float] = field(default_factory=dict)  # size and speed, measured before
 
     def confirmed(self, figures: Mapping[str, float] | None) -> TrialResult:
         """This result with the figures measured after the search; the in-search ones stay as ``search_*``."""
@@ -65,13 +67,15 @@ class TrialResult:
     def to_attrs(self) -> dict[str, Any]:
         """JSON-able form stored in the Optuna trial's user attributes."""
         return {"plan": self.plan.to_dict(), "metrics": dict(self.metrics), "timings": dict(self.timings),
-                "model_path": self.model_path, "sha256": self.sha256, "curve": [list(p) for p in self.curve]}
+                "model_path": self.model_path, "sha256": self.sha256, "curve": [list(p) for p in self.curve],
+                "before_finetune": dict(self.before_finetune)}
 
     @classmethod
     def from_attrs(cls, number: int, attrs: Mapping[str, Any]) -> TrialResult:
         return cls(number=number, plan=Plan.from_dict(attrs["plan"]), metrics=dict(attrs["metrics"]),
                    timings=dict(attrs["timings"]), model_path=attrs["model_path"], sha256=attrs["sha256"],
-                   curve=tuple(tuple(p) for p in attrs.get("curve", ())))
+                   curve=tuple(tuple(p) for p in attrs.get("curve", ())),
+                   before_finetune=dict(attrs.get("before_finetune", {})))
 
 
 def sha256_of(path: Path) -> str:
@@ -122,21 +126,29 @@ class Stopwatch:
 
 
 def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable[[str], None] | None = None,
-              log: Logger | None = None) -> TrialResult:
-    """Build, export and score the model ``plan`` describes; files go to ``run_dir/trials/<number>``."""
+              log: Logger | None = None, screen: Screen | None = None) -> TrialResult:
+    """Build, export and score the model ``plan`` describes; files go to ``run_dir/trials/<number>``.
+
+    ``screen`` sees the plan's size and speed before fine-tuning (search/prescreen.py) and may end the trial.
+    """
     out_dir = ctx.run_dir / "trials" / f"{number:04d}"
     out_dir.mkdir(parents=True, exist_ok=True)
     clock = Stopwatch(on_stage)
     with clock.stage("prune"):
         model = ctx.space.apply(ctx.baseline, plan)
+    # An unpruned model is the converged baseline: training it again only adds noise.
+    pruned = any(r > 0 for r in plan.prune.values())
     check = ctx.early_stop.check(ctx.finetune.steps) if ctx.early_stop else None
+    before: dict[str, float] = {}
     try:
+        if pruned and screen is not None:
+            with clock.stage("prescreen"):
+                before = structure_figures(ctx, model, plan, out_dir)
+            screen(before)
         with clock.stage("finetune"):
-            # An unpruned model is the converged baseline: training it again only adds noise.
-            pruned = any(r > 0 for r in plan.prune.values())
             curve = (finetune(model, ctx.data.train, ctx.finetune, seed=ctx.seed, log=log, teacher=ctx.baseline,
                               check=check, check_at=check.at if check else ()) if pruned else [])
-    except HopelessTrial as stop:
+    except (HopelessTrial, DominatedPlan) as stop:
         stop.timings = {**clock.timings, "total": round(sum(clock.timings.values()), 4)}  # its cost, for the record
         raise
     with clock.stage("export"):
@@ -149,4 +161,5 @@ def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable
         metrics.update(relative(metrics, ctx.baseline_metrics))
     clock.timings["total"] = round(sum(clock.timings.values()), 4)
     return TrialResult(number=number, plan=plan, metrics=metrics, timings=clock.timings,
-                       model_path=str(model_path), sha256=sha256_of(model_path), curve=tuple(curve))
+                       model_path=str(model_path), sha256=sha256_of(model_path), curve=tuple(curve),
+                       before_finetune=before)

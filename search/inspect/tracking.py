@@ -127,16 +127,20 @@ class Tracker:
     @guarded
     def prune_trial(self, run_id: str, reason: str, *, timings: Mapping[str, float] | None = None,
                     record: Mapping[str, float] | None = None) -> bool:
-        """A trial the early-stopping rule ended: FINISHED with ``state=PRUNED`` and its reason.
+        """A trial the early-stopping rule or the prescreen ended: FINISHED with ``state=PRUNED`` and its reason.
 
         Not KILLED: in the UI that reads as a crash or a dead worker, which is what this
         project marks KILLED; stopping a hopeless plan is the search working as meant.
         """
         metrics = [Metric(f"time_{k}_s", float(v), _now(), 0) for k, v in (timings or {}).items()]
-        if record:
+        tags = {"state": "PRUNED", "feasible": "false", "pareto": "false", "pruned_reason": reason[:4000]}
+        if record and "subset_drop" in record:
             metrics.append(Metric("early_stop_subset_drop", float(record["subset_drop"]), _now(), int(record["step"])))
-        self._log(run_id, metrics=metrics, tags={"state": "PRUNED", "feasible": "false", "pareto": "false",
-                                                 "pruned_reason": reason[:4000]})
+        if record and "beaten_by" in record:  # the prescreen: the plan's figures before fine-tuning
+            metrics += [Metric(f"before_finetune_{k}", float(v), _now(), 0) for k, v in record.items()
+                        if k not in ("rule", "beaten_by")]
+            tags["beaten_by"] = str(record["beaten_by"])
+        self._log(run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(run_id, status="FINISHED")
         return True
 
