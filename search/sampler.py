@@ -10,7 +10,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("nsga2", "tpe", "gp", "random")
 
 
 class SeededNSGAIISampler(optuna.samplers.NSGAIISampler):
@@ -82,6 +82,10 @@ def make_sampler(name: str, *, seed: int, population_size: int, blocks: Sequence
                                    blocks=blocks, block_move_prob=block_move_prob)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, constraints_func=constraint_violations, multivariate=True)
+    if name == "gp":
+        # random (or enqueued) plans first, as many as NSGA-II's first generation, then logCEHVI
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraint_violations,
+                                         n_startup_trials=population_size, warn_independent_sampling=False)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"search.sampler={name!r} is unknown; allowed: {', '.join(SAMPLERS)}")

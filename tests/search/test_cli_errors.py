@@ -30,7 +30,7 @@ def assert_nothing_written(tmp_path: Path) -> None:
     (["search.bogus=1"], ["bogus"]),
     (["space.prune.ratios=[0,1.5]"], ["space.prune.ratios", "1.5", "[0, 1)"]),
     (["space.quant.precisions=[fp32,int3]"], ["int3", "allowed: fp32, fp16, int8, int16, int4"]),
-    (["search.sampler=grid"], ["search.sampler", "nsga2, tpe, random"]),
+    (["search.sampler=grid"], ["search.sampler", "nsga2, tpe, gp, random"]),
     ([*TINY, "space.quant.exclude=[layer9.conv]"], ["layer9.conv", "layers are", "fc"]),
     ([*TINY, "space.prune.exclude=[nope]"], ["nope", "stem.0"]),
     (["data.root=/nonexistent/idx"], ["/nonexistent/idx", "dataset-fashion-mnist", "data.root"]),

@@ -41,7 +41,7 @@ def test_reference_plans_are_bred_from():
 
 
 def test_unknown_sampler_names_the_allowed_ones():
-    with pytest.raises(ValueError, match="nsga2, tpe, random"):
+    with pytest.raises(ValueError, match="nsga2, tpe, gp, random"):
         make_sampler("grid", seed=0, population_size=4)
 
 
@@ -92,3 +92,16 @@ def test_block_move_skips_values_not_every_knob_offers():
     for _ in range(20):  # the only value shared and not already held by most is fp32
         assert block_move(["quant.a", "quant.b"], space, {"quant.a": "int8", "quant.b": "int8"}, rng) == \
             {"quant.a": "fp32", "quant.b": "fp32"}
+
+
+def test_gp_sampler_runs_a_constrained_multi_objective_study():
+    sampler = make_sampler("gp", seed=0, population_size=4)
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+
+    def constrained(trial: optuna.Trial) -> tuple[float, float]:
+        values = objective(trial)
+        trial.set_user_attr("constraints", [1.0 - values[0]])  # feasible from one int8 or two fp32 layers on
+        return values
+
+    study.optimize(constrained, n_trials=7)
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 7
