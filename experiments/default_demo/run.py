@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import markdown  # noqa: E402
+import budget  # noqa: E402
 
 HERE = Path(__file__).parent
 STAGES = ("prune", "finetune", "export", "quantize", "evaluate", "total")
@@ -85,6 +86,10 @@ def main() -> None:
         f"{r['latency_ms']:.3f} | {r['search_speedup']:.2f}x | {r['speedup']:.2f}x | {r['size_ratio']:.2f}x |"
         for r in rows)
     base = front["baseline"]
+    spent = budget.spend(study.trials)
+    moves = [t for t in trials if "block_move" in t.user_attrs]
+    moved_front = sorted({r["trial"] for r in rows} & {t.number for t in moves})
+    seeds = {t.number for t in study.trials if "seed" in t.user_attrs}
     (HERE / "results.md").write_text(f"""# Default demo: `autosqueeze search` on a fresh machine
 
 Command: `.venv/bin/python experiments/default_demo/run.py` (runs `autosqueeze search` with the built-in
@@ -98,6 +103,17 @@ defaults in an empty folder: resnet_small trained on Fashion-MNIST, then {len(st
 - Smallest front member within the 1-point constraint: trial {best['trial']}, **{best['size_ratio']:.2f}x smaller**,
   {best['accuracy_drop']:.2f} points drop, {best['speedup']:.2f}x speed
 - Hypervolume: {front['hypervolume']:.4f}
+
+## Where the budget went
+
+{budget.HEADER}
+{spent.row("autosqueeze")}
+
+- Trials that ended early: {spent.early_stopped} by the fine-tune checks, {spent.prescreened} before fine-tuning
+  (beaten on size and speed by a near-baseline member), of {len(study.trials)} trials in all.
+- NSGA-II children with a block move (one resolution stage's knobs set to one value): {len(moves)} of the
+  completed trials; front members among them: {moved_front or 'none'}. Seed plans from the profile: trials
+  {sorted(seeds) or 'none'}.
 
 ## Per-stage median over the completed trials (seconds)
 

@@ -28,7 +28,8 @@ from search.trial import SearchContext, run_trial  # noqa: E402
 from spaces.base import Plan  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-FIRST_LATE_BLOCK, RATIO, RUNS, WARMUP = 11, 0.5, 300, 20
+FIRST_LATE_BLOCK, RUNS, WARMUP = 11, 300, 20
+RATIOS = (0.5, 0.375)  # the plan as first written, and one step back when it misses the 1-point limit
 
 
 def late_half_plan(space, ratio: float) -> Plan:
@@ -45,29 +46,38 @@ def main(overrides: list[str]) -> None:
     root = Path(cfg.paths.root) / cfg.search.study_name
     base = json.loads((root / "baseline.json").read_text())
     model, space = prepare(job, preflight(job))
-    plan = late_half_plan(space, RATIO)
-    ctx = SearchContext(baseline=model, baseline_metrics=base["metrics"], data=job.data, space=space,
-                        finetune=job.finetune, evaluators=job.evaluators, run_dir=root / "handplan",
-                        seed=job.search.seed)
-    result = run_trial(ctx, plan, number=0)
-    base_t, hand_t = interleaved([Path(base["onnx"]), Path(result.model_path)], job.data.val,
-                                 warmup=WARMUP, runs=RUNS, threads=1)
-    m = result.metrics
-    pruned = ", ".join(k for k, v in plan.prune.items() if v)
-    text = f"""# A per-layer plan by hand: int8 everywhere, prune {RATIO:g} in blocks {FIRST_LATE_BLOCK}-18
+    ctx = SearchContext(baseline=model, baseline_metrics=base["metrics"], baseline_path=Path(base["onnx"]),
+                        data=job.data, space=space, finetune=job.finetune, evaluators=job.evaluators,
+                        run_dir=root / "handplan", seed=job.search.seed)
+    plans = {ratio: late_half_plan(space, ratio) for ratio in RATIOS}
+    done = {ratio: run_trial(ctx, plan, number=i) for i, (ratio, plan) in enumerate(plans.items())}
+    base_t, *hand_t = interleaved([Path(base["onnx"]), *(Path(r.model_path) for r in done.values())], job.data.val,
+                                  warmup=WARMUP, runs=RUNS, threads=1)
+    # report.py re-times these files beside the searches' front members and checks which dominate them
+    (root / "handplan.json").write_text(json.dumps(
+        [{"ratio": ratio, "metrics": r.metrics, "model_path": r.model_path} for ratio, r in done.items()], indent=2))
+    rows = "\n".join(
+        f"| hand plan, ratio {ratio:g} | {r.metrics['accuracy']:.2f} | {r.metrics['accuracy_drop']:.2f} | "
+        f"{r.metrics['size_bytes']:,.0f} | {r.metrics['size_ratio']:.2f}x | {t['latency_ms']:.3f} ({t['latency_cv']:.2f}) | "
+        f"{base_t['latency_ms'] / t['latency_ms']:.2f}x |" for (ratio, r), t in zip(done.items(), hand_t))
+    stages = "; ".join(f"ratio {ratio:g}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.timings.items())
+                       for ratio, r in done.items())
+    pruned = ", ".join(k for k, v in plans[RATIOS[0]].prune.items() if v)
+    text = f"""# A per-layer plan by hand: int8 everywhere, one prune ratio in blocks {FIRST_LATE_BLOCK}-18
 
 Command (repository root): `.venv/bin/python experiments/mobilenet_v2/handplan.py`
-(same baseline, fine-tune recipe and evaluators as run.py: `conf/experiment/mobilenet_v2.yaml`).
+(same baseline, fine-tune recipe and evaluators as run.py: `conf/experiment/mobilenet_v2.yaml`;
+accuracy on the validation split the searches select on).
 
 | model | top-1 | drop | .onnx bytes | size ratio | latency ms (CV) | speedup |
 |---|---|---|---|---|---|---|
 | fp32 baseline | {base['metrics']['accuracy']:.2f} | 0 | {base['metrics']['size_bytes']:,.0f} | 1.00x | {base_t['latency_ms']:.3f} ({base_t['latency_cv']:.2f}) | 1.00x |
-| hand plan | {m['accuracy']:.2f} | {m['accuracy_drop']:.2f} | {m['size_bytes']:,.0f} | {m['size_ratio']:.2f}x | {hand_t['latency_ms']:.3f} ({hand_t['latency_cv']:.2f}) | {base_t['latency_ms'] / hand_t['latency_ms']:.2f}x |
+{rows}
 
-Latency: the two files interleaved in one process, ONNX Runtime CPU, 1 intra-op thread, batch 1,
-{WARMUP} warm-up + {RUNS} timed runs each, median. Trial stages (s): {', '.join(f'{k} {v:.1f}' for k, v in result.timings.items())}.
+Latency: the files interleaved in one process, ONNX Runtime CPU, 1 intra-op thread, batch 1,
+{WARMUP} warm-up + {RUNS} timed runs each, median. Trial stages (s): {stages}.
 
-Pruned groups (ratio {RATIO:g}): {pruned}.
+Pruned groups: {pruned}.
 
 ## Machine
 

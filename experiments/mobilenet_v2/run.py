@@ -53,8 +53,12 @@ def method_job(job: Job, method: str, root: Path) -> Job:
     sampler = {"grid": "nsga2", "random": "random", "autosqueeze": job.search.sampler}[method]
     budget = len(GRID) if method == "grid" else job.search.n_trials
     # The profile's seeds and narrowed precisions are part of autosqueeze; grid and random stay as defined.
+    # Random gets the same bookkeeping (early stopping, prescreen, reuse); the grid is what a person runs by
+    # hand, every plan to the end.
+    grid = method == "grid"
     return replace(job, search=replace(job.search, study_name=name, sampler=sampler, n_trials=budget),
-                   run_dir=root / name, profile=job.profile if method == "autosqueeze" else None)
+                   run_dir=root / name, profile=job.profile if method == "autosqueeze" else None,
+                   early_stop=None if grid else job.early_stop, prescreen=None if grid else job.prescreen)
 
 
 def baseline_metrics(job: Job, model: torch.nn.Module, space, root: Path) -> dict:
