@@ -168,8 +168,9 @@ class FrontWatch:
         self.members: set[str] = set()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        front = pareto.front(feasible_results(study), self.objectives)
-        self.progress.trial_done(study, trial, len(front))
+        feasible = feasible_results(study)
+        front = pareto.front(feasible, self.objectives)
+        self.progress.trial_done(study, trial, len(front), feasible=feasible)
         if self.tracker is None:
             return
         run_ids = {t.number: t.user_attrs.get("mlflow_run_id") for t in study.get_trials(deepcopy=False)}
@@ -228,19 +229,21 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
     limit = FailureLimit(job.search.max_failures)
     budget = job.search.n_trials
     done = completed(study)
-    progress = Progress(budget, job.search.timeout, done)
+    # Local workers share the terminal: only a process that runs the trials itself draws a live display.
+    progress = Progress(budget, job.search.timeout, done, finetune_steps=job.finetune.steps,
+                        live=False if worker_command or os.environ.get(LOCAL_WORKER_ENV) else None)
     callbacks = [limit, BudgetCallback(budget), FrontWatch(job.objectives, tracker, progress)]
     log.info("study %r: %d trials completed, budget %s", job.search.study_name, done, budget)
     ending = "complete"
     try:
-        with interruptible():
+        with progress.shown(), interruptible():
             if worker_command and (budget is None or done < budget):
                 run_workers(worker_command, job.search.workers)
             elif budget is None or done < budget:
                 study.optimize(objective_fn(ctx, job.objectives, job.constraints, tracker=tracker,
                                             parent_run=parent, trial_params=job.settings_params, budget=budget,
                                             trial_timeout=job.search.trial_timeout, on_stage=progress.stage,
-                                            prescreen=job.prescreen),
+                                            on_step=progress.step, prescreen=job.prescreen),
                                timeout=job.search.timeout, catch=(Exception,), callbacks=callbacks)
     except KeyboardInterrupt:
         ending = "interrupted"

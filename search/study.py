@@ -150,6 +150,7 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
                  tracker: Tracker | None, parent_run: str | None, trial_params: dict[str, Any],
                  budget: int | None = None, trial_timeout: float | None = None,
                  on_stage: Callable[[int, str], None] | None = None,
+                 on_step: Callable[[int, int], None] | None = None,
                  prescreen: Prescreen | None = None) -> Callable[[optuna.Trial], list[float]]:
     """The function Optuna calls: sample a plan, run it, record everything, return the objectives."""
 
@@ -177,7 +178,8 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
                 return reuse(trial, twin, objectives, tracker=tracker, run_id=run_id)
             screen = screen_against(lambda: feasible_results(trial.study, as_searched=True), objectives, prescreen)
             with time_limit(trial_timeout):
-                result = run_trial(ctx, plan, number=trial.number, on_stage=stage, screen=screen)
+                step = (lambda at, *_: on_step(trial.number, at)) if on_step else None  # fine-tune progress
+                result = run_trial(ctx, plan, number=trial.number, on_stage=stage, log=step, screen=screen)
         except BudgetReached:
             raise  # not needed: the study already holds its budget
         except (HopelessTrial, DominatedPlan) as stop:

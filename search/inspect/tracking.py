@@ -69,6 +69,9 @@ class Tracker:
             # MLflow's defaults retry a dead server for minutes; a trial should not wait that long.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            # MLflow prints two "View run/experiment at" lines per ended run to stdout; the study's run URL
+            # is logged once instead (parent_run), so neither quiet logs nor the live display fill with them.
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = MlflowClient(tracking_uri=settings.uri)
         self._experiment_id: str | None = None
 
@@ -85,11 +88,16 @@ class Tracker:
         """The study's run: reused when resuming, created (with the search settings) otherwise."""
         if existing:
             self.client.update_run(existing, status="RUNNING")
-            return existing
-        run = self.client.create_run(self.experiment_id, run_name=study_name,
-                                     tags={"autosqueeze.study": study_name, "kind": "study"})
-        self._log(run.info.run_id, params=params)
-        return run.info.run_id
+            run_id = existing
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=study_name,
+                                         tags={"autosqueeze.study": study_name, "kind": "study"})
+            self._log(run.info.run_id, params=params)
+            run_id = run.info.run_id
+        if self.settings.uri.startswith("http"):
+            log.info("MLflow run of the study: %s/#/experiments/%s/runs/%s", redact(self.settings.uri).rstrip("/"),
+                     self.experiment_id, run_id)
+        return run_id
 
     @guarded
     def trial_run(self, parent_id: str, number: int, params: Mapping[str, Any]) -> str:

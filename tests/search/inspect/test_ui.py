@@ -7,17 +7,10 @@ servers and the browser are always stopped.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -38,6 +31,7 @@ from search.runner import Job, run_search
 from search.study import SearchSettings
 from search.inspect.tracking import TrackingSettings
 from spaces.space import PruneSpec, QuantSpec
+from servers import WAIT_S, free_port, serving
 from stores import baseline_cache, fresh_mlflow_store
 from tinynet import tiny_net
 
@@ -47,9 +41,6 @@ CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-de
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--no-first-run", "--window-size=1920,1080")
 BIN = Path(sys.executable).parent
-WAIT_S = 60
-# one thread each; no usage reports: the servers must not reach beyond this machine
-QUIET_ENV = {"OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 
 @pytest.fixture(scope="module")
@@ -70,51 +61,6 @@ def study(tmp_path_factory, small_splits) -> tuple[Job, Path]:
               tracking=TrackingSettings(uri=fresh_mlflow_store(tmp_path_factory, tmp, STUDY), experiment=STUDY))
     run_search(job)
     return job, tmp
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-@contextmanager
-def serving(command: list[str], ready_url: str, *, cwd: Path, log: Path) -> Iterator[None]:
-    """Run a server in its own process group until ``ready_url`` answers (bounded); always stop it."""
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(command, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, **QUIET_ENV})
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while not answers(ready_url):
-            assert process.poll() is None, f"{command[0]} exited {process.returncode}: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"{ready_url} did not answer in {WAIT_S} s: {log.read_text()[-2000:]}"
-            time.sleep(0.5)
-        yield
-    finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's own process group (it forks workers), SIGKILL if it lingers."""
-    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture
