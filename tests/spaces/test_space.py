@@ -222,12 +222,18 @@ def test_layer_of():
     assert layer_of("prune.fc") == "fc"
 
 
-def test_blocks_hold_one_kind_at_one_resolution(space):
-    # 28x28 input: stem, layer1 run at 14x14; down, layer2 at 7x7; fc (a vector) stands alone
-    assert sorted(map(sorted, space.blocks)) == sorted([
-        ["prune.layer1.conv1", "prune.layer1.conv2"], ["prune.layer2.conv1", "prune.layer2.conv2"],
-        ["quant.layer1.conv1", "quant.layer1.conv2", "quant.stem.0"],
-        ["quant.down.0", "quant.layer2.conv1", "quant.layer2.conv2"]])
+def test_blocks_hold_the_prune_knobs_of_one_resolution(space):
+    # 28x28 input: layer1 runs at 14x14, layer2 at 7x7
+    assert sorted(map(sorted, space.blocks)) == [["prune.layer1.conv1", "prune.layer1.conv2"],
+                                                 ["prune.layer2.conv1", "prune.layer2.conv2"]]
+
+
+def test_stage_blocks_group_by_kind_and_resolution():
+    from spaces.stages import stage_blocks
+
+    knobs = {"prune.a": "a", "prune.b": "b", "quant.a": "a", "quant.b": "b", "prune.c": "c"}
+    assert stage_blocks(knobs, {"a": "8x8", "b": "8x8", "c": "4x4"}) == (("prune.a", "prune.b"),
+                                                                        ("quant.a", "quant.b"))
 
 
 def test_blocks_survive_narrowed_choices(space):
