@@ -73,6 +73,15 @@ def training_data(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in HELD_OUT_ONLY}
 
 
+NOT_TRAINING = ("trained",)
+"""Model settings that decide whether the baseline is trained at all, not what training makes of it."""
+
+
+def baseline_key(model: dict[str, Any], data: dict[str, Any]) -> str:
+    """The cached baseline's key: the model and data settings its training reads, and nothing else."""
+    return cache_key({k: v for k, v in model.items() if k not in NOT_TRAINING}, training_data(data))
+
+
 def trained_baseline(make_model: Callable[[], nn.Module], train: torch.utils.data.Dataset, *,
                      settings: FinetuneSettings, cache_dir: Path, key: str, seed: int = 0,
                      log_curve: Callable[[int, float, float], None] | None = None, head_steps: int = 0,

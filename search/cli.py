@@ -18,7 +18,7 @@ from optuna.exceptions import ExperimentalWarning
 from omegaconf.errors import OmegaConfBaseException
 
 from evaluators.base import Constraint, Objective
-from search.baseline import cache_key, training_data
+from search.baseline import baseline_key
 from search.confirm import ConfirmSettings
 from search.early_stop import EarlyStop
 from search.prescreen import Prescreen
@@ -177,12 +177,14 @@ def build_job(cfg: DictConfig):
     constraints = [Constraint(**c) for c in plain(evaluator_cfg.constraints)]
     tracking = None if cfg.tracking.uri is None else TrackingSettings(**plain(cfg.tracking))
     make_model: Callable = partial(instantiate, cfg.model.factory)
+    train = plain(cfg.model.get("train"))
     data = data_splits(cfg)
     job = Job(make_model=make_model, data=data, evaluators=evaluators, objectives=objectives,
               constraints=constraints, search=search, run_dir=Path(cfg.paths.run_dir),
               cache_dir=Path(cfg.paths.cache_dir),
-              model_key=cache_key(plain(cfg.model), training_data(plain(cfg.data))),
-              checkpoint=cfg.model.checkpoint, baseline_training=FinetuneSettings(**plain(cfg.model.train)),
+              model_key=baseline_key(plain(cfg.model), plain(cfg.data)),
+              checkpoint=cfg.model.get("checkpoint"), trained=bool(cfg.model.get("trained") or False),
+              baseline_training=None if train is None else FinetuneSettings(**train),
               head_steps=int(cfg.model.get("head_steps", 0) or 0),
               finetune=FinetuneSettings(**plain(cfg.search.finetune)), prune=prune, quant=quant,
               tracking=tracking, storage=cfg.storage, heartbeat=HeartbeatSettings(**plain(cfg.search.heartbeat)),

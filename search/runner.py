@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("autosqueeze")
 DERIVED = ("accuracy_drop", "size_ratio", "compressed_ratio", "speedup")
+NO_BASELINE = ("model: no baseline weights; give model.checkpoint=FILE (a state_dict), model.trained=true (the "
+               "factory returns a trained model) or a model.train recipe to train one")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class Job:
     cache_dir: Path
     model_key: str
     checkpoint: str | None = None
-    baseline_training: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(steps=1500))
+    trained: bool = False  # the factory's weights are the baseline: no checkpoint, no training
+    baseline_training: FinetuneSettings | None = field(default_factory=lambda: FinetuneSettings(steps=1500))
     head_steps: int = 0  # baseline: train only the classifier head this many steps first
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     prune: PruneSpec = field(default_factory=PruneSpec)
@@ -82,6 +85,8 @@ class Job:
         """Config errors that need no model: raise before any training."""
         available = [m for e in self.evaluators for m in e.metrics] + list(DERIVED)
         check_metrics(self.objectives, self.constraints, available)
+        if not (self.checkpoint or self.trained or self.baseline_training is not None):
+            raise ValueError(NO_BASELINE)
 
 
 def preflight(job: Job) -> tuple[nn.Module, Space]:
@@ -102,9 +107,12 @@ def preflight(job: Job) -> tuple[nn.Module, Space]:
 
 
 def prepare(job: Job, checked: tuple[nn.Module, Space] | None = None) -> tuple[nn.Module, Space]:
-    """The baseline (trained and cached when no checkpoint is given) and the space."""
+    """The baseline (the checkpoint, the factory's own weights, or trained and cached) and the space."""
     model, space = checked or preflight(job)
-    if not job.checkpoint:
+    if job.trained and not job.checkpoint:
+        log.info("model.trained=true: the factory's weights are the baseline, no training")
+    elif not job.checkpoint:
+        assert job.baseline_training is not None  # Job.check
         model = trained_baseline(job.make_model, job.data.train, settings=job.baseline_training,
                                  cache_dir=job.cache_dir, key=job.model_key, seed=job.search.seed,
                                  head_steps=job.head_steps, example=space.example_input)

@@ -38,6 +38,13 @@ def tiny_net(num_classes: int = 10) -> TinyNet:
     return TinyNet(num_classes)
 
 
+def tiny_net_from(path: str, num_classes: int = 10) -> TinyNet:
+    """A factory that returns a trained model: it loads its own weights (for ``model.trained=true``)."""
+    model = TinyNet(num_classes)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model
+
+
 class SpectralNet(nn.Module):
     """Uses an FFT, which the ONNX exporter cannot express."""
 

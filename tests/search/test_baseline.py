@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from search.baseline import CheckpointError, cache_key, load_checkpoint, trained_baseline, training_data
+from search.baseline import (CheckpointError, baseline_key, cache_key, load_checkpoint, trained_baseline,
+                             training_data)
+from search.cli import load_config, plain
 from search.finetune import FinetuneSettings
 from tinynet import TinyNet, tiny_net
 
@@ -195,6 +197,21 @@ def test_cache_key_ignores_what_only_shapes_the_held_out_splits():
     assert cache_key("m", training_data({**data, "eval_limit": 100, "calib_size": 32})) == key
     assert cache_key("m", training_data({**data, "val_fraction": 0.2})) != key     # changes the training set
     assert cache_key("m", training_data({**data, "train_limit": 600})) != key
+
+
+def test_the_searched_baseline_key_reads_only_what_training_reads():
+    """The key ``search`` caches under: another eval_limit, calib_size or model.trained reuses the baseline."""
+    def key(*overrides: str) -> str:
+        cfg = plain(load_config(list(overrides)))
+        return baseline_key(cfg["model"], cfg["data"])
+
+    default = key()
+    assert key("data.eval_limit=100", "data.calib_size=32") == default
+    assert key("model.trained=true") == default
+    assert key("data.train_limit=600") != default and key("model.train.steps=10") != default
+    cfg = plain(load_config([]))
+    before = {k: v for k, v in cfg["model"].items() if k != "trained"}  # a config from before model.trained
+    assert cache_key(before, training_data(cfg["data"])) == default  # baselines cached then are reused
 
 
 def test_trained_baseline_trains_once_and_then_reuses_the_checkpoint(small_splits, tmp_path):

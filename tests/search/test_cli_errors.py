@@ -36,7 +36,9 @@ def assert_nothing_written(tmp_path: Path) -> None:
     (["data.root=/nonexistent/idx"], ["/nonexistent/idx", "dataset-fashion-mnist", "data.root"]),
     (["model=custom", "model.factory._target_=tinynet.SpectralNet"], ["fft"]),
     ([*TINY, "storage=postgresql://nobody:hunter2@127.0.0.1:1/nodb"], ["cannot be opened", "nobody:***@"]),
-], ids=["unknown-key", "ratio", "precision", "sampler", "quant-layer", "prune-layer", "data", "export-op", "storage"])
+    ([*TINY, "model.train=null"], ["model.checkpoint=", "model.trained=true", "model.train recipe"]),
+], ids=["unknown-key", "ratio", "precision", "sampler", "quant-layer", "prune-layer", "data", "export-op", "storage",
+        "no-baseline"])
 def test_bad_input_exits_2_with_one_clear_line(tmp_path, monkeypatch, capsys, overrides, expected):
     code, err = run(tmp_path, monkeypatch, capsys, *overrides)
     assert code == 2
