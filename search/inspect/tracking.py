@@ -33,6 +33,18 @@ class TrackingSettings:
     log_front_models: bool = True
 
 
+def artifact_location(uri: str) -> str | None:
+    """A new experiment's artifacts: ``mlartifacts/`` beside a SQLite store's file, as ``mlflow server`` keeps them.
+
+    MLflow's own default for a SQLite store is ``./mlruns`` of whatever folder the process runs in; a
+    server, or any other store, decides for itself (None). Experiments that exist keep their location.
+    """
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return None
+    database = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    return str(database.resolve().parent / "mlartifacts")
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -79,8 +91,8 @@ class Tracker:
     def experiment_id(self) -> str:
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.settings.experiment)
-            self._experiment_id = (found.experiment_id if found is not None
-                                   else self.client.create_experiment(self.settings.experiment))
+            self._experiment_id = (found.experiment_id if found is not None else self.client.create_experiment(
+                self.settings.experiment, artifact_location=artifact_location(self.settings.uri)))
         return self._experiment_id
 
     @guarded
