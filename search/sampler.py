@@ -71,8 +71,14 @@ def block_move(block: Sequence[str], space: dict[str, BaseDistribution], params:
     return {name: value for name in block}
 
 
+UNMEASURED = 1e9
+"""The violation of a trial whose constraints were never measured (stopped early): infeasible, worse than any
+measured one, and finite, since Optuna stores it and a browser cannot parse the ``Infinity`` JSON an inf becomes
+(optuna-dashboard then shows no trial of the study at all)."""
+
+
 def constraint_violations(trial: FrozenTrial) -> Sequence[float]:
-    return trial.user_attrs.get("constraints", [float("inf")])
+    return trial.user_attrs.get("constraints", [UNMEASURED])
 
 
 def make_sampler(name: str, *, seed: int, population_size: int, blocks: Sequence[Sequence[str]] = (),

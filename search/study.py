@@ -75,6 +75,8 @@ def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage,
     if study.user_attrs.get("objectives") is None:
         study.set_user_attr("objectives", [o.metric for o in objectives])
     check_objectives(study, objectives)
+    if study.metric_names is None:  # optuna-dashboard names its axes and columns after them
+        study.set_metric_names([o.metric for o in objectives])
     return study
 
 

@@ -1,6 +1,8 @@
 """The NSGA-II sampler counts enqueued reference plans as members of its first generation."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import optuna
 import pytest
@@ -105,3 +107,20 @@ def test_gp_sampler_runs_a_constrained_multi_objective_study():
 
     study.optimize(constrained, n_trials=7)
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 7
+
+
+@pytest.mark.parametrize("name", ["nsga2", "tpe", "gp", "random"])
+def test_a_stopped_trial_stores_finite_constraints_so_browsers_can_read_the_study(name):
+    """optuna-dashboard sends the stored constraints as JSON; an inf there is ``Infinity``, which JSON.parse refuses."""
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(name, seed=0,
+                                                                                          population_size=4))
+
+    def stopped(trial: optuna.Trial) -> tuple[float, float]:
+        trial.suggest_categorical("quant.fc", CHOICES)
+        raise optuna.TrialPruned()  # what the early-stopping rule and the prescreen do
+
+    study.optimize(stopped, n_trials=1)
+    stored = study.trials[0].system_attrs.get("constraints")
+    if stored is not None:  # a sampler without constraints stores none
+        json.dumps(stored, allow_nan=False)
+        assert all(v > 0 for v in stored)  # still infeasible

@@ -24,3 +24,13 @@ def test_a_ctrl_c_while_the_plan_is_sampled_records_its_reason():
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["error"].startswith("KeyboardInterrupt")
+
+
+def test_a_study_names_its_objectives_for_optuna_dashboard(tmp_path):
+    from search.storage import make_storage
+    from search.study import SearchSettings, open_study
+
+    objectives = [Objective("accuracy", "maximize"), Objective("size_bytes", "minimize")]
+    url = f"sqlite:///{tmp_path}/study.db"
+    open_study(SearchSettings(study_name="named", n_trials=1, sampler="random"), make_storage(url), objectives)
+    assert optuna.load_study(study_name="named", storage=url).metric_names == ["accuracy", "size_bytes"]
