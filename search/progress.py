@@ -43,23 +43,31 @@ def duration(seconds: float) -> str:
 
 
 def estimate(study: optuna.Study, budget: int | None, done: int) -> float | None:
-    """Seconds until the study holds ``budget`` completed trials: median completed wall time × rounds left.
+    """Seconds until the study holds ``budget`` completed trials: a completed trial's cost × rounds left.
 
-    The rounds left are the remaining trials divided by the workers running, counted as this process
-    plus the trials other processes (or machines) are running now. None before a trial completed.
+    A completed trial costs the median completed wall time plus its share of the trials that ended
+    without completing (stopped early, skipped before fine-tuning, failed): they do not count toward
+    the budget, so each completed trial carries them. The rounds left are the remaining trials divided
+    by the workers running, counted as this process plus the trials other processes (or machines) are
+    running now. None before a trial completed.
     """
     if not budget:
         return None
     remaining = max(budget - done, 0)
     if remaining == 0:
         return 0.0
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
-             if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
-    if not walls:
+    trials = study.get_trials(deepcopy=False)
+
+    def walls(*states: TrialState) -> list[float]:
+        return [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                if t.state in states and t.datetime_start and t.datetime_complete]
+
+    completed = walls(TrialState.COMPLETE)
+    if not completed:
         return None
+    per_trial = statistics.median(completed) + sum(walls(TrialState.PRUNED, TrialState.FAIL)) / len(completed)
     workers = 1 + sum(t.state == TrialState.RUNNING for t in trials)
-    return statistics.median(walls) * math.ceil(remaining / workers)
+    return per_trial * math.ceil(remaining / workers)
 
 
 def best(feasible: Sequence[TrialResult], metric: str) -> float | None:

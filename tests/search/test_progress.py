@@ -189,11 +189,11 @@ def test_a_timeout_bounds_the_eta():
     assert Progress(budget=None, timeout=600, done=3).where() == "3 done, ETA 10 min 00 s"
 
 
-def _trial(seconds: float | None) -> optuna.trial.FrozenTrial:
+def _trial(seconds: float | None, state: TrialState | None = None) -> optuna.trial.FrozenTrial:
     start = datetime(2026, 1, 1, 12, 0, 0)
-    state = TrialState.RUNNING if seconds is None else TrialState.COMPLETE
+    state = state or (TrialState.RUNNING if seconds is None else TrialState.COMPLETE)
     return optuna.trial.FrozenTrial(
-        number=0, state=state, value=None if seconds is None else 1.0, datetime_start=start,
+        number=0, state=state, value=1.0 if state == TrialState.COMPLETE else None, datetime_start=start,
         datetime_complete=None if seconds is None else start + timedelta(seconds=seconds), params={},
         distributions={}, user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=0)
 
@@ -208,3 +208,11 @@ def test_the_eta_is_the_median_trial_times_the_rounds_the_running_workers_need()
     assert estimate(study, budget=3, done=3) == 0
     assert estimate(study, budget=None, done=3) is None
     assert estimate(optuna.create_study(), budget=3, done=0) is None
+
+
+def test_trials_that_did_not_complete_are_carried_by_those_that_did():
+    study = optuna.create_study()
+    for seconds in (10, 20, 40):
+        study.add_trial(_trial(seconds))
+    study.add_trial(_trial(30, TrialState.PRUNED))  # stopped early: not counted, but its time was spent
+    assert estimate(study, budget=6, done=3) == 90  # (median 20 s + 30 s / 3 completed) x 3 trials left
