@@ -209,6 +209,7 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
     from search.inspect import pareto
+    from search.inspect.next_steps import next_steps
     from search.runner import run_search
 
     job = build_job(study_config(cfg, overrides, must_exist=False))
@@ -221,7 +222,25 @@ def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
           f"hypervolume {outcome.hypervolume:.4f}):")
     print(pareto.table(outcome.front, outcome.baseline, outcome.left))
     print("\nfiles: " + ", ".join(str(p) for p in outcome.files))
+    print("\n" + next_steps(outcome.front, located=located(cfg, overrides), constraints=job.constraints,
+                            tracking_uri=job.tracking.uri if job.tracking else None))
     return outcome.exit_code
+
+
+def located(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """The overrides that find this study again (``report``, ``export``), passwords masked.
+
+    The command line's locating overrides, plus any locating value an experiment file set, so the
+    printed commands compose to the same study folder and storage without repeating ``experiment=``.
+    """
+    keep = [o for o in overrides if is_locating(o) and override_key(o) != "search.study_name"]
+    out = [f"search.study_name={cfg.search.study_name}", *keep]
+    bare = load_config(out)
+    for key in ("storage", "paths.root", "paths.run_dir", "paths.cache_dir"):
+        value = OmegaConf.select(cfg, key)
+        if OmegaConf.select(bare, key) != value:
+            out.append(f"{key}={'null' if value is None else value}")
+    return [redact(o) for o in out]
 
 
 def cmd_export(cfg: DictConfig, overrides: list[str]) -> int:
