@@ -287,7 +287,10 @@ def cmd_sync(cfg: DictConfig, overrides: list[str]) -> int:
 
 
 def cmd_report(cfg: DictConfig, overrides: list[str]) -> int:
-    """``<run_dir>/report.html`` plus ``<run_dir>/plots/`` for an existing study; loads no data and no model."""
+    """``<run_dir>/report.html`` plus ``<run_dir>/plots/`` for an existing study; loads no data and no model.
+
+    Prints the report's path, and on a desktop opens it in the web browser as well.
+    """
     import shlex
 
     from search.inspect.report import write_report
@@ -303,7 +306,17 @@ def cmd_report(cfg: DictConfig, overrides: list[str]) -> int:
     path = write_report(study, objectives, run_dir / "report.html", export_hint=lambda n: shlex.join(
         ["autosqueeze", "export", f"search.study_name={name}", f"export.trial={n}", *where, *kept]))
     print(path)
+    if on_a_desktop():
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
     return 0
+
+
+def on_a_desktop() -> bool:
+    """A person at a screen: a terminal, and a display to open a browser on (never in CI, logs or pipes)."""
+    display = sys.platform in ("darwin", "win32") or any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY"))
+    return display and sys.stdout.isatty()
 
 
 COMMANDS: dict[str, Callable[..., int]] = {
