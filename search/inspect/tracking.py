@@ -125,7 +125,8 @@ class Tracker:
         metrics = [Metric(k, float(v), _now(), 0) for k, v in result.metrics.items()]
         metrics += [Metric(f"time_{k}_s", float(v), _now(), 0) for k, v in result.timings.items()]
         for step, loss, accuracy in result.curve:
-            metrics += [Metric("finetune_loss", loss, _now(), step), Metric("finetune_accuracy", accuracy, _now(), step)]
+            metrics += [Metric("finetune_loss", loss, _now(), step),
+                        Metric("finetune_accuracy", accuracy, _now(), step)]
         self._log(run_id, metrics=metrics, tags={"state": "COMPLETE", "feasible": str(feasible).lower(),
                                                  "pareto": "false", "sha256": result.sha256, **(tags or {})})
         self.client.set_terminated(run_id, status="FINISHED")
