@@ -24,14 +24,17 @@ class Spend:
     reused: int
     finetune_s: float        # every trial's fine-tune, stopped ones included
     per_completed_s: float   # the above over the completed trials: what a completed trial cost in fine-tuning
+    steps: int               # fine-tune steps run, stopped trials included: the same count on a busy or idle machine
 
     def row(self, name: str) -> str:
+        per = self.steps / self.completed if self.completed else 0.0
         return (f"| {name} | {self.completed} | {self.early_stopped} | {self.prescreened} | {self.reused} | "
-                f"{self.finetune_s / 60:.1f} min | {self.per_completed_s:.1f} s |")
+                f"{self.finetune_s / 60:.1f} min | {self.per_completed_s:.1f} s | {self.steps} | {per:.1f} |")
 
 
 HEADER = ("| method | completed | stopped early | skipped before fine-tune | reused | fine-tune, all trials | "
-          "fine-tune per completed trial |\n|---|---|---|---|---|---|---|")
+          "fine-tune per completed trial | fine-tune steps | steps per completed trial |\n"
+          "|---|---|---|---|---|---|---|---|---|")
 
 
 def spend(trials: Sequence[FrozenTrial]) -> Spend:
@@ -43,10 +46,16 @@ def spend(trials: Sequence[FrozenTrial]) -> Spend:
         timings = t.user_attrs.get("result", {}).get("timings") or t.user_attrs.get("timings") or {}
         return float(timings.get("finetune", 0.0))
 
+    def steps(t: FrozenTrial) -> int:
+        if "early_stop" in t.user_attrs:
+            return int(t.user_attrs["early_stop"]["step"])
+        curve = t.user_attrs.get("result", {}).get("curve") or []
+        return int(curve[-1][0]) if curve and "reused_from" not in t.user_attrs else 0
+
     total = sum(finetune_s(t) for t in (*done, *stopped))
     return Spend(completed=len(done), early_stopped=len(stopped) - len(prescreened), prescreened=len(prescreened),
                  reused=sum("reused_from" in t.user_attrs for t in done), finetune_s=total,
-                 per_completed_s=total / len(done) if done else 0.0)
+                 per_completed_s=total / len(done) if done else 0.0, steps=sum(steps(t) for t in (*done, *stopped)))
 
 
 def started_at(study: optuna.Study, profile_s: float) -> float:

@@ -172,7 +172,8 @@ def stage_table(methods: Sequence[Method]) -> str:
              "|---|---|" + "---|" * (len(STAGES) + 2)]
     for m in methods:
         mean = {s: np.mean([r.timings.get(s, 0.0) for r in m.trials]) for s in (*STAGES, "total")}
-        pruned = [r.timings["finetune"] for r in m.trials if any(v > 0 for v in r.plan.prune.values())]
+        pruned = [r.timings["finetune"] for r in m.trials  # a reused result ran nothing: no stages
+                  if "finetune" in r.timings and any(v > 0 for v in r.plan.prune.values())]
         lines.append(f"| {m.name} | {len(m.trials)} | " + " | ".join(f"{mean[s]:.1f}" for s in STAGES)
                      + f" | {mean['total']:.1f} | {np.mean(pruned) if pruned else 0:.1f} ({len(pruned)}) |")
     profiled = [f"{m.name} {m.profile_s:.0f} s ({100 * m.profile_s / m.wall_s:.1f} % of its search wall)"

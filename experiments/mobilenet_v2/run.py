@@ -17,6 +17,7 @@ command finishes what is missing. The report (re-timing, tables, plot) is in ``r
 
 ``--only METHOD`` runs one method's study and skips the report, so that methods can run side by
 side (one torch thread each); a final run without it resumes the finished studies and reports.
+``--report`` only reports: a study stopped by ``search.timeout`` before its budget is not resumed.
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def main(overrides: list[str], only: str | None = None) -> None:
+def main(overrides: list[str], only: str | None = None, report_only: bool = False) -> None:
     torch.set_num_threads(1)  # beside other jobs on 2 cores, 2 torch threads ran ~5x slower per step
     cfg = load_config(["experiment=mobilenet_v2", *overrides])
     configure_logging(cfg)
@@ -124,7 +125,7 @@ def main(overrides: list[str], only: str | None = None) -> None:
     log.info("baseline: %s (setup %.0f s)", base["metrics"], setup_s)
     walls_path = root / "walls.json"
     setup_s = add_wall(walls_path, "setup", setup_s, first_only=True)  # the first run's: it trained the baseline
-    for method in (only,) if only else METHODS:
+    for method in () if report_only else (only,) if only else METHODS:
         mjob = method_job(job, method, root)
         seed_study(mjob, method, base, space)
         log.info("=== %s: study %s, budget %d trials", method, mjob.search.study_name, mjob.search.n_trials)
@@ -156,5 +157,6 @@ def parse_args(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 if __name__ == "__main__":
-    overrides, only = parse_args(sys.argv[1:])
-    main(overrides, only)
+    report_only = "--report" in sys.argv
+    overrides, only = parse_args([a for a in sys.argv[1:] if a != "--report"])
+    main(overrides, only, report_only)
