@@ -44,18 +44,24 @@ def kill_a_running_worker(storage: str, study_name: str, deadline: float) -> opt
     Waiting for the fine-tune stage leaves export, quantization and evaluation still to run,
     so the trial cannot complete between the read and the kill.
     """
-    while time.time() < deadline:
-        try:
-            study = optuna.load_study(study_name=study_name, storage=storage)
-        except KeyError:
-            time.sleep(0.5)
-            continue
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            attrs = trial.user_attrs
-            if trial.number >= 1 and "mlflow_run_id" in attrs and attrs.get("stage") == "finetune":
-                os.kill(int(attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-                return trial
-        time.sleep(0.1)
+    # One storage for the whole wait: a URL given to load_study opens a new engine (and its connection
+    # pool) on every call, and ten polls a second exhausted PostgreSQL's max_connections.
+    polled = optuna.storages.RDBStorage(storage)
+    try:
+        while time.time() < deadline:
+            try:
+                study = optuna.load_study(study_name=study_name, storage=polled)
+            except KeyError:
+                time.sleep(0.5)
+                continue
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                attrs = trial.user_attrs
+                if trial.number >= 1 and "mlflow_run_id" in attrs and attrs.get("stage") == "finetune":
+                    os.kill(int(attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+                    return trial
+            time.sleep(0.1)
+    finally:
+        polled.engine.dispose()
     raise AssertionError("no trial was seen running")
 
 
