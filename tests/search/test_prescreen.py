@@ -12,7 +12,7 @@ from search.prescreen import Prescreen, beating_member
 from search.runner import run_search
 from search.trial import TrialResult
 from spaces.base import Plan
-from test_search_integration import make_job
+from jobs import make_job
 
 SIZE_ONLY = [Objective("accuracy", "maximize"), Objective("size_bytes", "minimize")]
 BOTH = [*SIZE_ONLY, Objective("latency_ms", "minimize")]
