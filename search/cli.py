@@ -20,10 +20,10 @@ from omegaconf.errors import OmegaConfBaseException
 from evaluators.base import Constraint, Objective
 from search.baseline import baseline_key
 from search.confirm import ConfirmSettings
-from search.early_stop import EarlyStop
-from search.prescreen import Prescreen
-from search.finetune import FinetuneSettings
-from search.onnx_export import ExportError
+from search.trials.early_stop import EarlyStop
+from search.trials.prescreen import Prescreen
+from search.trials.finetune import FinetuneSettings
+from search.trials.onnx_export import ExportError
 from search.profiling.profile import ProfileSettings
 from search.recorded_config import (ATTR, conflicts, effective, flatten, is_locating, masked_keys, override_key,
                                     package_manifest, record, refusal)

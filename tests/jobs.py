@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from evaluators import Accuracy, Complexity, Constraint, Latency, Objective, Size
-from search.finetune import FinetuneSettings
+from search.trials.finetune import FinetuneSettings
 from search.inspect.tracking import TrackingSettings
 from search.runner import Job
 from search.study import SearchSettings

@@ -15,10 +15,10 @@ import optuna
 
 from search.deploy.package import (FP32, RebuildMismatchError, package_name, versions, write_package, write_zip,
                             zip_path_for)
-from search.trial import TrialResult, run_trial, sha256_of
+from search.trials.trial import TrialResult, run_trial, sha256_of
 
 if TYPE_CHECKING:
-    from search.trial import SearchContext
+    from search.trials.trial import SearchContext
 
 __all__ = ["ExportSelectionError", "ExportSettings", "RebuildMismatchError", "export_command", "rebuild", "select",
            "versions", "write_package"]

@@ -8,7 +8,7 @@ from search.secrets import redact
 
 if TYPE_CHECKING:
     from evaluators.base import Constraint
-    from search.trial import TrialResult
+    from search.trials.trial import TrialResult
 
 RULE = "the smallest front member (size_bytes)"
 

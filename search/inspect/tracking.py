@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from search.secrets import redact
 
 if TYPE_CHECKING:
-    from search.trial import TrialResult
+    from search.trials.trial import TrialResult
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"

@@ -8,9 +8,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from evaluators import Constraint, Objective
-from search.prescreen import Prescreen, beating_member
+from search.trials.prescreen import Prescreen, beating_member
 from search.runner import run_search
-from search.trial import TrialResult
+from search.trials.trial import TrialResult
 from spaces.base import Plan
 from jobs import make_job
 
