@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 from search.cli import build_job, configure_logging, load_config  # noqa: E402
 from search.trials.onnx_export import export_onnx  # noqa: E402
 from search.runner import Job, prepare, preflight, run_search  # noqa: E402
-from search.storage import make_storage  # noqa: E402
+from search.records.storage import make_storage  # noqa: E402
 from search.study import open_study  # noqa: E402
 from search.trials.trial import measure, sha256_of  # noqa: E402
 

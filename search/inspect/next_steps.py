@@ -4,7 +4,7 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING, Sequence
 
-from search.secrets import redact
+from search.records.secrets import redact
 
 if TYPE_CHECKING:
     from evaluators.base import Constraint

@@ -121,7 +121,7 @@ def test_the_front_is_re_timed_and_scored_on_test_when_the_search_ends(searched)
 def test_a_resume_with_other_constraints_is_refused_naming_them(searched):
     from dataclasses import replace
 
-    from search.fingerprint import FingerprintMismatch
+    from search.records.fingerprint import FingerprintMismatch
 
     job, _ = searched
     changed = replace(make_job(job.run_dir.parent, job.data), constraints=[Constraint("accuracy_drop", 0.5)])
@@ -138,7 +138,7 @@ def test_rerun_resumes_and_adds_only_the_missing_trials(searched):
 
 
 def test_a_resumed_study_does_not_replay_its_random_draws(tmp_path):
-    from search.storage import make_storage
+    from search.records.storage import make_storage
     from search.study import open_study
 
     settings = SearchSettings(study_name="draws", n_trials=4, sampler="random")

@@ -10,7 +10,7 @@ import torch
 
 from evaluators import Accuracy, Constraint, Objective, Size
 from search.cli import load_config, main, study_config
-from search.fingerprint import model_digest
+from search.records.fingerprint import model_digest
 from search.trials.finetune import FinetuneSettings
 from search.runner import NO_BASELINE, Job, prepare
 from search.study import SearchSettings
