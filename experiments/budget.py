@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.inspect import pareto
 from search.study import feasible
-from search.trial import TrialResult
+from search.trials.trial import TrialResult
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from search.finetune import FinetuneSettings, finetune
+from search.trials.finetune import FinetuneSettings, finetune
 
 log = logging.getLogger(__name__)
 

@@ -20,15 +20,15 @@ from omegaconf.errors import OmegaConfBaseException
 from evaluators.base import Constraint, Objective
 from search.baseline import baseline_key
 from search.confirm import ConfirmSettings
-from search.early_stop import EarlyStop
-from search.prescreen import Prescreen
-from search.finetune import FinetuneSettings
-from search.onnx_export import ExportError
+from search.trials.early_stop import EarlyStop
+from search.trials.prescreen import Prescreen
+from search.trials.finetune import FinetuneSettings
+from search.trials.onnx_export import ExportError
 from search.profiling.profile import ProfileSettings
-from search.recorded_config import (ATTR, conflicts, effective, flatten, is_locating, masked_keys, override_key,
-                                    package_manifest, record, refusal)
-from search.secrets import redact
-from search.storage import HeartbeatSettings
+from search.records.recorded_config import (ATTR, conflicts, effective, flatten, is_locating, masked_keys,
+                                            override_key, package_manifest, record, refusal)
+from search.records.secrets import redact
+from search.records.storage import HeartbeatSettings
 from search.study import LOCAL_WORKER_ENV, SearchSettings
 from search.inspect.tracking import TrackingSettings
 from spaces.quantization import QuantSettings
@@ -108,7 +108,7 @@ def objectives_of(cfg: DictConfig) -> list[Objective]:
 
 def study_of(cfg: DictConfig):
     """The configured study, opened without loading any model or data."""
-    from search.storage import existing_storage, storage_url
+    from search.records.storage import existing_storage, storage_url
     from search.study import load_study
 
     url = storage_url(cfg.storage, Path(cfg.paths.run_dir))
@@ -128,7 +128,7 @@ def study_config(cfg: DictConfig, overrides: list[str], *, must_exist: bool = Tr
 
 def _recorded_if_any(cfg: DictConfig) -> dict | None:
     """The recorded config of the study ``search`` would resume; None for a study not there yet."""
-    from search.storage import make_storage, storage_url
+    from search.records.storage import make_storage, storage_url
 
     url = storage_url(cfg.storage, Path(cfg.paths.run_dir))
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import optuna
 
     from evaluators.base import Objective
-    from search.trial import SearchContext, TrialResult
+    from search.trials.trial import SearchContext, TrialResult
 
 log = logging.getLogger(__name__)
 ATTR = "confirmed"

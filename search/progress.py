@@ -27,7 +27,7 @@ from rich.text import Text
 from search.study import completed
 
 if TYPE_CHECKING:
-    from search.trial import TrialResult
+    from search.trials.trial import TrialResult
 
 log = logging.getLogger("autosqueeze")
 

@@ -18,21 +18,21 @@ from search.inspect import pareto
 from search.baseline import load_checkpoint, trained_baseline
 from search.budget import interruptible
 from search.confirm import ConfirmSettings, confirm, nearby
-from search.early_stop import EarlyStop, stop_rule
-from search.prescreen import Prescreen
-from search.fingerprint import check_fingerprint, fingerprint
-from search.finetune import FinetuneSettings
-from search.onnx_export import export_onnx
+from search.trials.early_stop import EarlyStop, stop_rule
+from search.trials.prescreen import Prescreen
+from search.records.fingerprint import check_fingerprint, fingerprint
+from search.trials.finetune import FinetuneSettings
+from search.trials.onnx_export import export_onnx
 from search.inspect.plots import write_plots
 from search.profiling.profile import ProfileSettings
 from search.profiling.prepare import profiled
 from search.progress import Progress
-from search.secrets import redact
-from search.storage import HeartbeatSettings, make_storage, storage_url
+from search.records.secrets import redact
+from search.records.storage import HeartbeatSettings, make_storage, storage_url
 from search.study import (LOCAL_WORKER_ENV, BudgetCallback, FailureLimit, SearchSettings, baseline_of, completed,
                           enqueue_references, feasible_results, objective_fn, open_study)
 from search.inspect.tracking import Tracker, TrackingSettings
-from search.trial import SearchContext, TrialResult, measure, sha256_of
+from search.trials.trial import SearchContext, TrialResult, measure, sha256_of
 from spaces.space import PruneSpec, QuantSpec, Space
 
 if TYPE_CHECKING:

@@ -11,10 +11,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.budget import BudgetReached, claim_slot, shielded, time_limit
-from search.early_stop import HopelessTrial
-from search.prescreen import DominatedPlan, Prescreen, screen_against
+from search.trials.early_stop import HopelessTrial
+from search.trials.prescreen import DominatedPlan, Prescreen, screen_against
 from search.sampler import SAMPLERS, constraint_violations, make_sampler
-from search.trial import SearchContext, TrialResult, run_trial
+from search.trials.trial import SearchContext, TrialResult, run_trial
 
 if TYPE_CHECKING:
     from evaluators.base import Constraint, Objective

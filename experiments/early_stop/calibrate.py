@@ -23,9 +23,9 @@ import optuna
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from search.cli import build_job, load_config  # noqa: E402
-from search.early_stop import EarlyStop, StopRule, paired_drop  # noqa: E402
+from search.trials.early_stop import EarlyStop, StopRule, paired_drop  # noqa: E402
 from search.runner import build_context, prepare  # noqa: E402
-from search.trial import run_trial  # noqa: E402
+from search.trials.trial import run_trial  # noqa: E402
 from spaces.base import Plan  # noqa: E402
 
 HERE = Path(__file__).parent

@@ -24,7 +24,7 @@ from evaluators.latency import interleaved  # noqa: E402
 from machine import markdown  # noqa: E402
 from search.cli import build_job, load_config  # noqa: E402
 from search.runner import prepare, preflight  # noqa: E402
-from search.trial import SearchContext, run_trial  # noqa: E402
+from search.trials.trial import SearchContext, run_trial  # noqa: E402
 from spaces.base import Plan  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

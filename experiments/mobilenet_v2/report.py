@@ -19,7 +19,7 @@ import budget
 from mobilenet_v2.layers import kind_probe, mix_table, precision_mix
 from search.inspect import pareto
 from search.study import feasible_results, results
-from search.trial import STAGES, TrialResult
+from search.trials.trial import STAGES, TrialResult
 
 if TYPE_CHECKING:
     from search.runner import Job
@@ -291,7 +291,7 @@ same front members.
 Fine-tune seconds come from each trial's own stage timings (stopped trials up to where they stopped);
 "fine-tune per completed trial" divides all of it by the completed trials, so a stopped trial's cost is
 carried by the trials that finished. A skipped trial was exported, quantized and timed before fine-tuning
-and beaten on size and speed by a feasible member within 0.1 point of the baseline (search/prescreen.py).
+and beaten on size and speed by a feasible member within 0.1 point of the baseline (search/trials/prescreen.py).
 
 {time_section(methods, job, metrics)}
 

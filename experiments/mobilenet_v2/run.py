@@ -36,11 +36,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
 from search.cli import build_job, configure_logging, load_config  # noqa: E402
-from search.onnx_export import export_onnx  # noqa: E402
+from search.trials.onnx_export import export_onnx  # noqa: E402
 from search.runner import Job, prepare, preflight, run_search  # noqa: E402
-from search.storage import make_storage  # noqa: E402
+from search.records.storage import make_storage  # noqa: E402
 from search.study import open_study  # noqa: E402
-from search.trial import measure, sha256_of  # noqa: E402
+from search.trials.trial import measure, sha256_of  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GRID = [(ratio, precision) for ratio in (0.0, 0.25, 0.5) for precision in ("fp32", "int8")]

@@ -26,10 +26,10 @@ from machine import markdown  # noqa: E402
 from mobilenet_v2.handplan import FIRST_LATE_BLOCK, late_half_plan  # noqa: E402
 from search.cli import build_job, load_config  # noqa: E402
 from search.profiling.narrow import narrowed  # noqa: E402
-from search.onnx_export import export_onnx  # noqa: E402
+from search.trials.onnx_export import export_onnx  # noqa: E402
 from search.profiling.measure import measure_profile  # noqa: E402
 from search.profiling.seeds import fp32_outliers, seed_plans  # noqa: E402
-from search.trial import SearchContext  # noqa: E402
+from search.trials.trial import SearchContext  # noqa: E402
 from search.runner import prepare, preflight  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

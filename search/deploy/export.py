@@ -15,10 +15,10 @@ import optuna
 
 from search.deploy.package import (FP32, RebuildMismatchError, package_name, versions, write_package, write_zip,
                             zip_path_for)
-from search.trial import TrialResult, run_trial, sha256_of
+from search.trials.trial import TrialResult, run_trial, sha256_of
 
 if TYPE_CHECKING:
-    from search.trial import SearchContext
+    from search.trials.trial import SearchContext
 
 __all__ = ["ExportSelectionError", "ExportSettings", "RebuildMismatchError", "export_command", "rebuild", "select",
            "versions", "write_package"]
@@ -82,7 +82,7 @@ def trial_files_intact(result: TrialResult, *, include_fp32: bool) -> bool:
 def export_command(job: Any, settings: ExportSettings) -> int:
     """``autosqueeze export``: pick a trial of the study, package and zip it, log and register it in MLflow."""
     from search.runner import build_context
-    from search.storage import existing_storage
+    from search.records.storage import existing_storage
     from search.study import baseline_of, feasible_results, load_study, results
     from search.inspect import pareto
 

@@ -34,7 +34,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from evaluators.base import EvalData, Evaluator
-    from search.trial import TrialResult
+    from search.trials.trial import TrialResult
     from zoo.data import DataSplits
 
 MANIFEST, MODEL, FP32, PREDICT, REQUIREMENTS = (
@@ -175,7 +175,7 @@ def accuracy_evaluator(evaluators: Sequence[Evaluator]) -> Evaluator | None:
 def measure_splits(model: Path, data: DataSplits, evaluators: Sequence[Evaluator],
                    baseline: Mapping[str, float]) -> dict[str, float]:
     """Every evaluator on val (the split the search scored), and accuracy on test, with its drop when known."""
-    from search.trial import measure  # torch-backed; imported here so verify can use this module without it
+    from search.trials.trial import measure  # torch-backed; imported here so verify can use this module without it
 
     checked = measure(model, data.val, evaluators)
     scorer = accuracy_evaluator(evaluators)

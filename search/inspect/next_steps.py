@@ -4,11 +4,11 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING, Sequence
 
-from search.secrets import redact
+from search.records.secrets import redact
 
 if TYPE_CHECKING:
     from evaluators.base import Constraint
-    from search.trial import TrialResult
+    from search.trials.trial import TrialResult
 
 RULE = "the smallest front member (size_bytes)"
 

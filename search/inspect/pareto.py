@@ -11,7 +11,7 @@ from optuna._hypervolume import compute_hypervolume  # the implementation Optuna
 
 if TYPE_CHECKING:
     from evaluators.base import Objective
-    from search.trial import TrialResult
+    from search.trials.trial import TrialResult
 
 COLUMNS = ("trial", "accuracy", "accuracy_drop", "test_accuracy", "test_accuracy_drop", "size_bytes",
            "compressed_bytes", "latency_ms", "latency_p90_ms", "latency_cv", "speedup", "search_speedup",

@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 from evaluators.base import Objective
 from search.inspect import pareto
 from search.study import baseline_of, feasible, results as study_results
-from search.trial import TrialResult
+from search.trials.trial import TrialResult
 
 if TYPE_CHECKING:
     import optuna

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import optuna
 
     from evaluators.base import Objective
-    from search.trial import TrialResult
+    from search.trials.trial import TrialResult
 
 PRUNE_AT = 0.25  # a group counts as "pruned" in a trial from this ratio on
 THRESHOLD = 1.0  # points of extra accuracy drop that make a knob "sensitive"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 from search.profiling.profile import Profile
 
 if TYPE_CHECKING:
-    from search.trial import TrialResult
+    from search.trials.trial import TrialResult
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from search.inspect import pareto
 from search.study import feasible, feasible_results
-from search.trial import TrialResult
+from search.trials.trial import TrialResult
 
 if TYPE_CHECKING:
     from evaluators.base import Objective

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from search.secrets import redact
+from search.records.secrets import redact
 
 if TYPE_CHECKING:
-    from search.trial import TrialResult
+    from search.trials.trial import TrialResult
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"

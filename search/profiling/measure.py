@@ -10,7 +10,7 @@ import torch_pruning as tp
 
 from search.profiling.profile import GroupProfile, LayerProfile, Profile, ProfileSettings, PrunePoint
 from search.profiling.onnx_figures import OTHER, int8_errors, latency_shares, size_shares
-from search.trial import Stopwatch
+from search.trials.trial import Stopwatch
 from spaces.base import Plan
 from spaces.layers import layer_names
 from spaces.space import layer_of
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from evaluators.base import EvalData
-    from search.trial import SearchContext
+    from search.trials.trial import SearchContext
     from spaces.space import Space
 
 BATCH = 250

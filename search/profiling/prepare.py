@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from search.runner import Job
     from search.inspect.tracking import Tracker
-    from search.trial import SearchContext
+    from search.trials.trial import SearchContext
 
 
 def profiled(study: optuna.Study, ctx: SearchContext, job: Job, *, tracker: Tracker | None = None,

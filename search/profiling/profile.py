@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 if TYPE_CHECKING:
     import optuna
 
-    from search.trial import SearchContext
+    from search.trials.trial import SearchContext
 
 log = logging.getLogger(__name__)
 ATTR = "profile"

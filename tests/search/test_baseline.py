@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from search.baseline import (CheckpointError, baseline_key, cache_key, load_checkpoint, trained_baseline,
                              training_data)
 from search.cli import load_config, plain
-from search.finetune import FinetuneSettings
+from search.trials.finetune import FinetuneSettings
 from tinynet import TinyNet, tiny_net
 
 

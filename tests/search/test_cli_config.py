@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from search.cli import load_config, main, plain, study_config
-from search.recorded_config import conflicts, effective, masked_keys, record
+from search.records.recorded_config import conflicts, effective, masked_keys, record
 
 STUDY = "rec"
 SEARCHED = ["model=custom", "model.factory._target_=tinynet.tiny_net", "model.train.steps=30",

@@ -31,13 +31,13 @@ WARNING = "a warning while the display runs"
 # A search whose fine-tunes log a warning, so the test sees where warnings land.
 CHILD = f"""
 import logging, sys
-import search.trial
+import search.trials.trial
 from search.cli import main
-finetune = search.trial.finetune
+finetune = search.trials.trial.finetune
 def warned(*args, **kwargs):
     logging.getLogger("autosqueeze").warning({WARNING!r})
     return finetune(*args, **kwargs)
-search.trial.finetune = warned
+search.trials.trial.finetune = warned
 sys.exit(main(sys.argv[1:]))
 """
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from search.runner import run_search
-from test_search_integration import make_job
+from jobs import make_job
 
 
 def test_a_repeated_plan_reuses_the_earlier_result_and_records_which(tmp_path, small_splits):

@@ -8,30 +8,12 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tinynet import tiny_net
-from evaluators import Accuracy, Complexity, Constraint, Latency, Objective, Size
+from evaluators import Constraint
+from jobs import OBJECTIVES, make_job
 from search.inspect import pareto
 from search.deploy.export import ExportSettings, select, write_package
-from search.finetune import FinetuneSettings
-from search.runner import Job, run_search
+from search.runner import run_search
 from search.study import SearchSettings, feasible_results, results
-from search.inspect.tracking import TrackingSettings
-from spaces.space import PruneSpec, QuantSpec
-
-OBJECTIVES = [Objective("accuracy", "maximize"), Objective("size_bytes", "minimize"),
-              Objective("latency_ms", "minimize")]
-
-
-def make_job(tmp: Path, splits, *, n_trials: int = 3, study: str = "it") -> Job:
-    return Job(make_model=tiny_net, data=splits, evaluators=[Accuracy(), Size(level=3), Latency(runs=20),
-                                                             Complexity()],
-               objectives=OBJECTIVES, constraints=[Constraint("accuracy_drop", 1.0)],
-               search=SearchSettings(study_name=study, n_trials=n_trials, sampler="random"),
-               run_dir=tmp / "run", cache_dir=tmp / "cache", model_key="tiny",
-               baseline_training=FinetuneSettings(steps=120, log_every=40),
-               finetune=FinetuneSettings(steps=15, log_every=5),
-               prune=PruneSpec(ratios=(0.0, 0.25, 0.5)), quant=QuantSpec(precisions=("fp32", "int8", "int4")),
-               tracking=TrackingSettings(uri=f"sqlite:///{tmp}/mlflow.db", experiment=study))
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +121,7 @@ def test_the_front_is_re_timed_and_scored_on_test_when_the_search_ends(searched)
 def test_a_resume_with_other_constraints_is_refused_naming_them(searched):
     from dataclasses import replace
 
-    from search.fingerprint import FingerprintMismatch
+    from search.records.fingerprint import FingerprintMismatch
 
     job, _ = searched
     changed = replace(make_job(job.run_dir.parent, job.data), constraints=[Constraint("accuracy_drop", 0.5)])
@@ -156,7 +138,7 @@ def test_rerun_resumes_and_adds_only_the_missing_trials(searched):
 
 
 def test_a_resumed_study_does_not_replay_its_random_draws(tmp_path):
-    from search.storage import make_storage
+    from search.records.storage import make_storage
     from search.study import open_study
 
     settings = SearchSettings(study_name="draws", n_trials=4, sampler="random")

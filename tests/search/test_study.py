@@ -27,7 +27,7 @@ def test_a_ctrl_c_while_the_plan_is_sampled_records_its_reason():
 
 
 def test_a_study_names_its_objectives_for_optuna_dashboard(tmp_path):
-    from search.storage import make_storage
+    from search.records.storage import make_storage
     from search.study import SearchSettings, open_study
 
     objectives = [Objective("accuracy", "maximize"), Objective("size_bytes", "minimize")]

@@ -10,8 +10,8 @@ import torch
 
 from evaluators import Accuracy, Constraint, Objective, Size
 from search.cli import load_config, main, study_config
-from search.fingerprint import model_digest
-from search.finetune import FinetuneSettings
+from search.records.fingerprint import model_digest
+from search.trials.finetune import FinetuneSettings
 from search.runner import NO_BASELINE, Job, prepare
 from search.study import SearchSettings
 from tinynet import TinyNet, tiny_net_from

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
-from search.storage import make_storage
+from search.records.storage import make_storage
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from search.onnx_export import export_onnx
+from search.trials.onnx_export import export_onnx
 from spaces.base import PlanError
 from spaces.layers import (_dotted_from_scope, check_names, head_name, layer_names, onnx_layer_nodes,
                            prunable_groups, resolve_members)

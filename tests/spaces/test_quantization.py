@@ -12,8 +12,8 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
-from search.finetune import FinetuneSettings, finetune
-from search.onnx_export import export_onnx
+from search.trials.finetune import FinetuneSettings, finetune
+from search.trials.onnx_export import export_onnx
 from spaces.base import PRECISIONS, PlanError
 from spaces.layers import layer_names, onnx_node_layers
 from spaces.quantization import ACTIVATION_TYPES, CALIBRATION, Precision, QuantSettings, quantize

@@ -8,7 +8,7 @@ from torch import nn
 
 from zoo.data import DataSplits
 from zoo.models import resnet_small
-from search.finetune import FinetuneSettings, finetune
+from search.trials.finetune import FinetuneSettings, finetune
 
 
 def out_pruned_convs(model: nn.Module) -> list[set[str]]:

@@ -11,11 +11,11 @@ import pytest
 
 from evaluators import Accuracy, Latency, Objective, Size
 from search.deploy.export import ExportSettings, RebuildMismatchError, export_command
-from search.finetune import FinetuneSettings
+from search.trials.finetune import FinetuneSettings
 from search.deploy.package import file_sha256, write_package
 from search.runner import Job, run_search
 from search.study import SearchSettings, baseline_of, results
-from search.trial import TrialResult
+from search.trials.trial import TrialResult
 from search.deploy.verify import VerifySettings, verify_package
 from spaces.space import PruneSpec, QuantSpec
 from stores import baseline_cache

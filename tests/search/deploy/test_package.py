@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from evaluators import Accuracy, Latency, Objective, Size
 from search.deploy.export import ExportSettings, export_command
-from search.finetune import FinetuneSettings
+from search.trials.finetune import FinetuneSettings
 from search.deploy.package import ISA_FLAGS, PACKAGE_FILES, cpu_info, write_zip
 from search.deploy.predict_template import preprocess
 from search.runner import Job, run_search

@@ -14,7 +14,7 @@ from evaluators import Constraint
 from search.cli import load_config, located, main
 from search.inspect.next_steps import next_steps
 from search.study import feasible_results
-from search.trial import TrialResult
+from search.trials.trial import TrialResult
 from spaces.base import Plan
 from stores import fresh_mlflow_store
 

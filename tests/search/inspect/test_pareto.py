@@ -9,7 +9,7 @@ import pytest
 
 from evaluators.base import Objective
 from search.inspect.pareto import COLUMNS, front, hypervolume, rows, table, write_front
-from search.trial import TrialResult
+from search.trials.trial import TrialResult
 from spaces.base import Plan
 
 ACC = Objective("accuracy", "maximize")

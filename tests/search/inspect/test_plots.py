@@ -10,11 +10,11 @@ import pytest
 
 from evaluators import Accuracy, Complexity, Constraint, Latency, Objective, Size
 from search.inspect import pareto
-from search.finetune import FinetuneSettings
+from search.trials.finetune import FinetuneSettings
 from search.inspect.plots import PlotData, hypervolume_history, layer_matrix, layers_png, plan_label, write_plots
 from search.runner import Job, run_search
 from search.study import SearchSettings
-from search.trial import TrialResult
+from search.trials.trial import TrialResult
 from spaces.base import Plan
 from spaces.space import PruneSpec, QuantSpec
 from tinynet import tiny_net

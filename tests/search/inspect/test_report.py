@@ -10,7 +10,7 @@ import pytest
 from search.cli import main
 from search.inspect.plots import PlotData
 from search.inspect.report import sensitivity, write_report
-from search.trial import TrialResult
+from search.trials.trial import TrialResult
 from spaces.base import Plan
 from test_plots import OBJECTIVES, STUDY, built_study, open_study
 

@@ -26,7 +26,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from evaluators import Accuracy, Constraint, Latency, Objective, Size
-from search.finetune import FinetuneSettings
+from search.trials.finetune import FinetuneSettings
 from search.runner import Job, run_search
 from search.study import SearchSettings
 from search.inspect.tracking import TrackingSettings

@@ -11,9 +11,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from evaluators import Accuracy, Complexity, Constraint, Latency, Objective, Size
-from search.finetune import FinetuneSettings
+from search.trials.finetune import FinetuneSettings
 from search.profiling.narrow import latency_choices, narrowed, weight_only_layers
-from search.onnx_export import export_onnx
+from search.trials.onnx_export import export_onnx
 from search.profiling.profile import (GroupProfile, LayerProfile, Profile, ProfileSettings, PrunePoint, load_or_measure,
                             stored_profile)
 from search.profiling.measure import measure_profile

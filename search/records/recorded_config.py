@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from search.deploy.package import MANIFEST
-from search.secrets import redact
+from search.records.secrets import redact
 
 ATTR = "config"  # the study user attr (and manifest key) holding the recorded config
 # Keys that locate the study or are choices of the command being run: always the command line's.

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from search.finetune import DivergedError, FinetuneSettings, finetune
+from search.trials.finetune import DivergedError, FinetuneSettings, finetune
 from tinynet import tiny_net
 
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-from search.early_stop import HopelessTrial
-from search.finetune import FinetuneSettings, Logger, finetune
-from search.onnx_export import export_onnx
-from search.prescreen import DominatedPlan, Screen, structure_figures
+from search.trials.early_stop import HopelessTrial
+from search.trials.finetune import FinetuneSettings, Logger, finetune
+from search.trials.onnx_export import export_onnx
+from search.trials.prescreen import DominatedPlan, Screen, structure_figures
 from spaces.base import Plan
 from spaces.quantization import quantize
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from evaluators.base import EvalData, Evaluator
-    from search.early_stop import StopRule
+    from search.trials.early_stop import StopRule
     from spaces.space import Space
     from zoo.data import DataSplits
 
@@ -129,7 +129,7 @@ def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable
               log: Logger | None = None, screen: Screen | None = None) -> TrialResult:
     """Build, export and score the model ``plan`` describes; files go to ``run_dir/trials/<number>``.
 
-    ``screen`` sees the plan's size and speed before fine-tuning (search/prescreen.py) and may end the trial.
+    ``screen`` sees the plan's size and speed before fine-tuning (search/trials/prescreen.py) and may end the trial.
     """
     out_dir = ctx.run_dir / "trials" / f"{number:04d}"
     out_dir.mkdir(parents=True, exist_ok=True)

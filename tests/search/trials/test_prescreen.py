@@ -8,11 +8,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from evaluators import Constraint, Objective
-from search.prescreen import Prescreen, beating_member
+from search.trials.prescreen import Prescreen, beating_member
 from search.runner import run_search
-from search.trial import TrialResult
+from search.trials.trial import TrialResult
 from spaces.base import Plan
-from test_search_integration import make_job
+from jobs import make_job
 
 SIZE_ONLY = [Objective("accuracy", "maximize"), Objective("size_bytes", "minimize")]
 BOTH = [*SIZE_ONLY, Objective("latency_ms", "minimize")]

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from evaluators.base import Constraint, EvalData, Evaluator
-    from search.finetune import FinetuneSettings
+    from search.trials.finetune import FinetuneSettings
     from zoo.data import DataSplits
 
 ATTR = "fingerprint"

@@ -7,8 +7,8 @@ import pytest
 
 from evaluators import Accuracy, Constraint, Latency
 from evaluators.base import EvalData
-from search.finetune import FinetuneSettings
-from search.fingerprint import FingerprintMismatch, changes, check_fingerprint, data_digest, fingerprint
+from search.trials.finetune import FinetuneSettings
+from search.records.fingerprint import FingerprintMismatch, changes, check_fingerprint, data_digest, fingerprint
 from tinynet import tiny_net
 from zoo.data import DataSplits
 

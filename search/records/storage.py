@@ -15,7 +15,7 @@ from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial
 
-from search.secrets import redact
+from search.records.secrets import redact
 
 log = logging.getLogger(__name__)
 JOURNAL_PREFIX = "journal:"

@@ -11,7 +11,7 @@ import torch
 from onnx.external_data_helper import uses_external_data
 from torch import nn
 
-from search.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, ExportError, export_onnx
+from search.trials.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, ExportError, export_onnx
 from spaces.pruning import prune
 from tinynet import tiny_net
 

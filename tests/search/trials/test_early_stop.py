@@ -15,8 +15,8 @@ from torch.nn import functional as F
 from evaluators import Accuracy, Constraint, Latency, Objective, Size
 from evaluators.base import EvalData
 from search.budget import claim_slot
-from search.early_stop import EarlyStop, HopelessTrial, StopRule, paired_drop, stop_rule
-from search.finetune import FinetuneSettings, finetune
+from search.trials.early_stop import EarlyStop, HopelessTrial, StopRule, paired_drop, stop_rule
+from search.trials.finetune import FinetuneSettings, finetune
 from search.runner import Job, preflight, run_search
 from search.sampler import make_sampler
 from search.study import BudgetCallback, FailureLimit, SearchSettings

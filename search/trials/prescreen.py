@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import optuna
 
-from search.onnx_export import export_onnx
+from search.trials.onnx_export import export_onnx
 from spaces.quantization import quantize
 
 if TYPE_CHECKING:
     from torch import nn
 
     from evaluators.base import Objective
-    from search.trial import SearchContext, TrialResult
+    from search.trials.trial import SearchContext, TrialResult
     from spaces.base import Plan
 
 ACCURACY = "accuracy"
