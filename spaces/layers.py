@@ -19,10 +19,10 @@ def layer_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, LAYER_TYPES)]
 
 
-def head_name(model: nn.Module, example_input: torch.Tensor) -> str:
-    """The last Conv/Linear that runs in a forward pass: the classifier head."""
-    called: list[str] = []
-    hooks = [m.register_forward_hook(lambda *_, n=n: called.append(n))
+def layer_outputs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """``(layer name, output)`` of every Conv/Linear call in one eval-mode forward pass, in call order."""
+    called: list[tuple[str, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: called.append((n, out)))
              for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
     try:
         with torch.no_grad():
@@ -30,6 +30,12 @@ def head_name(model: nn.Module, example_input: torch.Tensor) -> str:
     finally:
         for hook in hooks:
             hook.remove()
+    return called
+
+
+def head_name(model: nn.Module, example_input: torch.Tensor) -> str:
+    """The last Conv/Linear that runs in a forward pass: the classifier head."""
+    called = [name for name, _ in layer_outputs(model, example_input)]
     if not called:
         raise PlanError("model has no Conv or Linear layer to compress")
     return called[-1]

@@ -12,25 +12,15 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from spaces.layers import LAYER_TYPES
+from spaces.layers import layer_outputs
 
 
 def output_resolutions(model: nn.Module, example_input: torch.Tensor) -> dict[str, str]:
     """``{layer name: "HxW" of its output}`` for every Conv/Linear that runs; ``"1"`` for a vector."""
     seen: dict[str, str] = {}
-
-    def record(name: str, output: torch.Tensor) -> None:
+    for name, output in layer_outputs(model, example_input):
         spatial = tuple(output.shape[2:]) if output.dim() > 2 else ()
         seen.setdefault(name, "x".join(map(str, spatial)) or "1")
-
-    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: record(n, out))
-             for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
-    try:
-        with torch.no_grad():
-            model.eval()(example_input)
-    finally:
-        for hook in hooks:
-            hook.remove()
     return seen
 
 
