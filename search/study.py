@@ -15,11 +15,11 @@ from search.trials.early_stop import HopelessTrial
 from search.trials.prescreen import DominatedPlan, Prescreen, screen_against
 from search.sampler import SAMPLERS, constraint_violations, make_sampler
 from search.trials.trial import SearchContext, TrialResult, run_trial
+from spaces.base import Plan
 
 if TYPE_CHECKING:
     from evaluators.base import Constraint, Objective
     from search.inspect.tracking import Tracker
-    from spaces.base import Plan
 
 log = logging.getLogger(__name__)
 LOCAL_WORKER_ENV = "AUTOSQUEEZE_LOCAL_WORKER"  # set for the processes `search.workers=N` starts
@@ -178,6 +178,10 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
             twin = evaluated_twin(trial.study, plan)
             if twin is not None:
                 return reuse(trial, twin, objectives, tracker=tracker, run_id=run_id)
+            judged = prescreened_twin(trial.study, plan)
+            if judged is not None:  # a beaten plan stays beaten: members are only ever added
+                raise DominatedPlan(f"same plan as trial {judged.number}: {judged.user_attrs['pruned_reason']}",
+                                    member=judged.user_attrs["prescreen"]["beaten_by"], figures={})
             screen = screen_against(lambda: feasible_results(trial.study, as_searched=True), objectives, prescreen)
             with time_limit(trial_timeout):
                 step = (lambda at, *_: on_step(trial.number, at)) if on_step else None  # fine-tune progress
@@ -220,6 +224,17 @@ def evaluated_twin(study: optuna.Study, plan: Plan) -> FrozenTrial | None:
     wanted = plan.to_dict()
     return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                  if "result" in t.user_attrs and t.user_attrs["result"]["plan"] == wanted), None)
+
+
+def prescreened_twin(study: optuna.Study, plan: Plan) -> FrozenTrial | None:
+    """The first trial that ran exactly ``plan`` and was beaten before fine-tuning, if any.
+
+    Samplers that learn only from completed trials (GP, TPE) propose such a plan again and again;
+    judging it again would export, quantize and time it each time.
+    """
+    wanted = plan.to_dict()
+    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+                 if "prescreen" in t.user_attrs and Plan.from_params(t.params).to_dict() == wanted), None)
 
 
 def reuse(trial: optuna.Trial, twin: FrozenTrial, objectives: Sequence[Objective], *, tracker: Tracker | None,

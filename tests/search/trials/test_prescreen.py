@@ -55,3 +55,10 @@ def test_a_plan_beaten_before_fine_tuning_is_pruned_and_a_smaller_one_is_measure
     run = next(r for r in client.search_runs([client.get_experiment_by_name("prescreen").experiment_id])
                if r.data.tags.get("trial") == "3")
     assert run.data.tags["state"] == "PRUNED" and run.data.tags["beaten_by"] in ("1", "2")
+    # proposed once more: judged by the record, not exported and timed again
+    queued_as = len(outcome.study.trials)
+    outcome.study.enqueue_trial(skipped.params)
+    again = run_search(replace(job, search=replace(job.search, n_trials=5))).study.trials[queued_as]
+    assert again.state == optuna.trial.TrialState.PRUNED and again.params == skipped.params
+    assert again.user_attrs["pruned_reason"].startswith("same plan as trial 3: before fine-tuning")
+    assert "prescreen" not in again.user_attrs.get("timings", {})
