@@ -13,6 +13,16 @@ from optuna.trial import TrialState
 from search.budget import TrialTimeout, claim_slot, interruptible, shielded, time_limit
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """Python's own SIGINT handler, whatever this process inherited: a job started in the background
+    by a non-interactive shell (nohup, some CI runners) ignores SIGINT, and interruptible() rightly
+    leaves an ignored Ctrl-C alone."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_a_timeout_during_a_shielded_write_waits_for_the_write_to_finish():
     finished = False
     with pytest.raises(TrialTimeout, match="search.trial_timeout=0.01 s"):
