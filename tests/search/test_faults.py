@@ -49,8 +49,9 @@ def trials(tmp: Path, name: str) -> list[optuna.trial.FrozenTrial]:
 def test_ctrl_c_keeps_finished_trials_prints_the_front_and_a_rerun_resumes(tmp_path):
     command = cli(tmp_path, "search.study_name=resume", "search.n_trials=5", "search.finetune.steps=400",
                   "tracking=none")
+    # SIGINT back to its default in the child: a test run started in the background inherits it ignored
     search = subprocess.Popen(command, env=env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+                              text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # a Ctrl-C at any moment of a running trial, sampling its plan included, records its reason
         wait_for(lambda: any(t.number == 3 and t.state == TrialState.RUNNING for t in trials(tmp_path, "resume")),
