@@ -31,8 +31,6 @@ from search.records.secrets import redact
 from search.records.storage import HeartbeatSettings
 from search.study import LOCAL_WORKER_ENV, SearchSettings
 from search.inspect.tracking import TrackingSettings
-from spaces.quantization import QuantSettings
-from spaces.space import PruneSpec, QuantSpec
 
 USAGE = """usage: autosqueeze COMMAND [KEY=VALUE ...]
        autosqueeze verify PACKAGE [KEY=VALUE ...]
@@ -75,18 +73,16 @@ def _tuple(value: Any) -> tuple | None:
     return None if value is None else tuple(value)
 
 
-def prune_spec(cfg: DictConfig) -> PruneSpec:
-    p = plain(cfg.space.prune)
-    return PruneSpec(ratios=_tuple(p["ratios"]), low=p["low"], high=p["high"], step=p["step"],
-                     exclude=tuple(p["exclude"]), round_to=p["round_to"], importance=p["importance"])
+def kind_specs(cfg: DictConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """``space.kinds`` and each listed kind's settings, built by the kind from its ``space.<kind>`` section."""
+    from spaces.kinds import DEFAULT_KINDS, kind_named
 
-
-def quant_spec(cfg: DictConfig) -> QuantSpec:
-    q = plain(cfg.space.quant)
-    settings = QuantSettings(activation_type=q["activation_type"], per_channel=q["per_channel"],
-                             calibration=q["calibration"], calib_batch_size=q["calib_batch_size"])
-    latency = {k: q[k] for k in ("latency_aware", "int4_max_latency_share") if k in q}  # absent in older records
-    return QuantSpec(precisions=tuple(q["precisions"]), exclude=tuple(q["exclude"]), settings=settings, **latency)
+    space = plain(cfg.space)
+    names = tuple(space.get("kinds") or DEFAULT_KINDS)
+    specs = {}
+    for name in dict.fromkeys((*names, *DEFAULT_KINDS)):  # prune and quant settings are read even when unused
+        specs[name] = kind_named(name, where="space.kinds").spec(space.get(name) or {})
+    return names, specs
 
 
 def search_settings(cfg: DictConfig) -> SearchSettings:
@@ -170,7 +166,8 @@ def build_job(cfg: DictConfig):
     """Every object the search needs, built and validated before any training starts."""
     from search.runner import Job
 
-    prune, quant, search = prune_spec(cfg), quant_spec(cfg), search_settings(cfg)
+    kinds, specs = kind_specs(cfg)
+    prune, quant, search = specs.pop("prune"), specs.pop("quant"), search_settings(cfg)
     evaluator_cfg = cfg.evaluator
     evaluators = [instantiate(node) for node in evaluator_cfg.evaluators.values()]
     objectives = objectives_of(cfg)
@@ -187,6 +184,7 @@ def build_job(cfg: DictConfig):
               baseline_training=None if train is None else FinetuneSettings(**train),
               head_steps=int(cfg.model.get("head_steps", 0) or 0),
               finetune=FinetuneSettings(**plain(cfg.search.finetune)), prune=prune, quant=quant,
+              kinds=kinds, specs=specs,
               tracking=tracking, storage=cfg.storage, heartbeat=HeartbeatSettings(**plain(cfg.search.heartbeat)),
               confirm=ConfirmSettings(**plain(cfg.search.confirm)),
               early_stop=EarlyStop(**plain(cfg.search.get("early_stop") or {})),

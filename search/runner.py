@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import optuna
 import torch
@@ -33,7 +33,10 @@ from search.study import (LOCAL_WORKER_ENV, BudgetCallback, FailureLimit, Search
                           enqueue_references, feasible_results, objective_fn, open_study)
 from search.inspect.tracking import Tracker, TrackingSettings
 from search.trials.trial import SearchContext, TrialResult, measure, sha256_of
-from spaces.space import PruneSpec, QuantSpec, Space
+from spaces.kinds import DEFAULT_KINDS
+from spaces.kinds.prune import PruneSpec
+from spaces.kinds.quant import QuantSpec
+from spaces.space import Space
 
 if TYPE_CHECKING:
     from torch import nn
@@ -67,6 +70,8 @@ class Job:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     prune: PruneSpec = field(default_factory=PruneSpec)
     quant: QuantSpec = field(default_factory=QuantSpec)
+    kinds: tuple[str, ...] = DEFAULT_KINDS         # the knob kinds searched (space.kinds)
+    specs: Mapping[str, Any] = field(default_factory=dict)  # settings of the kinds other than prune and quant
     tracking: TrackingSettings | None = field(default_factory=TrackingSettings)
     storage: str | None = None
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
@@ -100,7 +105,8 @@ def preflight(job: Job) -> tuple[nn.Module, Space]:
     if job.checkpoint:
         load_checkpoint(model, job.checkpoint)
     example = torch.from_numpy(job.data.val.inputs[:1]).float()
-    space = Space.build(model, example, prune_spec=job.prune, quant_spec=job.quant)
+    space = Space.build(model, example, prune_spec=job.prune, quant_spec=job.quant, kinds=job.kinds,
+                        specs=job.specs)
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(model, example, Path(tmp) / "check.onnx")
     return model.eval(), space

@@ -1,4 +1,4 @@
-"""The data a search samples and applies: knobs, and the plan they produce.
+"""The plan a search samples: per knob kind, a value per layer.
 
 A knob's ``name`` is ``"<kind>.<dotted module name>"`` (``prune.layer1.0.conv1``,
 ``quant.fc``). That one string is the Optuna parameter, the MLflow parameter and,
@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
-
-if TYPE_CHECKING:
-    import optuna
+from typing import Any, Mapping
 
 PRECISIONS = ("fp32", "fp16", "int8", "int16", "int4")
 """Per-layer precisions. fp16/int16/int4 shrink weights only; int8 runs integer kernels."""
-
-KINDS = ("prune", "quant")
 
 
 class PlanError(ValueError):
@@ -42,54 +37,88 @@ def check_precision(key: str, precision: str) -> str:
     return precision
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Plan:
-    """What one trial does to the model: a prune ratio and a precision per layer.
+    """What one trial does to the model: per knob kind, a value per layer.
 
-    Layers not named keep ratio 0 and the default precision ``fp32``.
+    ``Plan(prune={...}, quant={...}, lowrank={...})``. Layers not named keep their kind's
+    neutral value (ratio 0, precision ``fp32``, ...). A kind no module in spaces/kinds/
+    defines is an error, never dropped: a plan that loses a section silently scores
+    another model than the one it names.
     """
 
-    prune: Mapping[str, float] = field(default_factory=dict)
-    quant: Mapping[str, str] = field(default_factory=dict)
+    values: Mapping[str, Mapping[str, Any]]
 
-    def __post_init__(self) -> None:
-        prune = {k: check_ratio(f"prune.{k}", v) for k, v in self.prune.items()}
-        quant = {k: check_precision(f"quant.{k}", v) for k, v in self.quant.items()}
-        object.__setattr__(self, "prune", MappingProxyType(dict(sorted(prune.items()))))
-        object.__setattr__(self, "quant", MappingProxyType(dict(sorted(quant.items()))))
+    def __init__(self, values: Mapping[str, Mapping[str, Any]] | None = None, **by_kind: Mapping[str, Any]) -> None:
+        from spaces.kinds import kind_named, registry
+
+        given = {**(values or {}), **by_kind}
+        unknown = sorted(set(given) - set(registry()))
+        if unknown:
+            raise PlanError(f"plan has unknown knob kinds {unknown}; known kinds: {', '.join(sorted(registry()))}")
+        checked: dict[str, Mapping[str, Any]] = {}
+        for name, layers in given.items():
+            kind = kind_named(name)
+            section = {layer: kind.check(f"{name}.{layer}", v) for layer, v in dict(layers).items()}
+            if section:
+                checked[name] = MappingProxyType(dict(sorted(section.items())))
+        object.__setattr__(self, "values", MappingProxyType(dict(sorted(checked.items()))))
 
     def __hash__(self) -> int:  # the generated hash fails on the mapping proxies
-        return hash((tuple(self.prune.items()), tuple(self.quant.items())))
+        return hash(tuple((kind, tuple(layers.items())) for kind, layers in self.values.items()))
+
+    def __repr__(self) -> str:
+        return "Plan(" + ", ".join(f"{k}={dict(v)!r}" for k, v in self.values.items()) + ")"
+
+    def of(self, kind: str) -> Mapping[str, Any]:
+        """``{layer: value}`` of one kind; empty when the plan does not use it."""
+        return self.values.get(kind, MappingProxyType({}))
+
+    @property
+    def prune(self) -> Mapping[str, float]:
+        return self.of("prune")
+
+    @property
+    def quant(self) -> Mapping[str, str]:
+        return self.of("quant")
 
     @property
     def is_identity(self) -> bool:
-        return all(r == 0 for r in self.prune.values()) and all(p == "fp32" for p in self.quant.values())
+        from spaces.kinds import kind_named
+
+        return all(v == kind_named(k).neutral for k, layers in self.values.items() for v in layers.values())
+
+    @property
+    def needs_finetune(self) -> bool:
+        """Whether a kind that changes what the model computes before fine-tuning has a non-neutral value."""
+        from spaces.kinds import kind_named
+
+        kinds = {k: kind_named(k) for k in self.values}
+        return any(kinds[k].finetune and v != kinds[k].neutral for k, layers in self.values.items()
+                   for v in layers.values())
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {"prune": dict(self.prune), "quant": dict(self.quant)}
+        # prune and quant are always written: records from before other kinds existed had both
+        return {"prune": {}, "quant": {}, **{k: dict(v) for k, v in self.values.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Mapping[str, Any]]) -> Plan:
-        unknown = set(data) - set(KINDS)
-        if unknown:
-            raise PlanError(f"plan has unknown sections {sorted(unknown)}; allowed: {', '.join(KINDS)}")
-        return cls(prune=dict(data.get("prune", {})), quant=dict(data.get("quant", {})))
+        return cls(values=data)
 
     def params(self) -> dict[str, Any]:
         """The flat ``{knob name: value}`` view used for Optuna and MLflow."""
-        flat: dict[str, Any] = {f"prune.{k}": v for k, v in self.prune.items()}
-        flat.update({f"quant.{k}": v for k, v in self.quant.items()})
-        return flat
+        return {f"{kind}.{layer}": v for kind, layers in self.values.items() for layer, v in layers.items()}
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Plan:
-        """Inverse of :meth:`params`; parameters of other kinds are ignored."""
-        sections: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+        """Inverse of :meth:`params`; a parameter of an unknown kind is a PlanError."""
+        sections: dict[str, dict[str, Any]] = {}
         for name, value in params.items():
             kind, _, layer = name.partition(".")
-            if kind in sections and layer:
-                sections[kind][layer] = value
-        return cls(prune=sections["prune"], quant=sections["quant"])
+            if not layer:
+                raise PlanError(f"parameter {name!r} is not a knob name '<kind>.<layer>'")
+            sections.setdefault(kind, {})[layer] = value
+        return cls(values=sections)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -97,16 +126,3 @@ class Plan:
     @classmethod
     def from_json(cls, text: str) -> Plan:
         return cls.from_dict(json.loads(text))
-
-
-class Knob(Protocol):
-    """One searchable setting of one layer.
-
-    ``suggest`` is called once per trial, in the space's fixed order, so that
-    Optuna sees the same parameters in every trial and a ``FixedTrial`` built
-    from a finished trial's params replays it exactly.
-    """
-
-    name: str
-
-    def suggest(self, trial: optuna.trial.BaseTrial) -> Any: ...

@@ -1,16 +1,24 @@
 """A search space: the knobs found in one model, and how a sampled plan is applied to it."""
 from __future__ import annotations
 
+import copy
+import shutil
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from spaces.base import Plan, PlanError
-from spaces.layers import check_names, head_name, layer_names, prunable_groups, resolve_members
-from spaces.pruning import IMPORTANCES, PruneRatio, prune
-from spaces.quantization import Precision, QuantSettings
+from spaces.kinds import DEFAULT_KINDS, pipeline
+from spaces.kinds.base import ApplyEnv, Knob, KnobKind, ModelInfo
+from spaces.kinds.prune import PruneSpec
+from spaces.kinds.quant import QuantSpec
+from spaces.layers import head_name, layer_names
+from spaces.pruning import PruneRatio
+from spaces.quantization import Precision
 from spaces.stages import output_resolutions, stage_blocks
 
 if TYPE_CHECKING:
@@ -18,84 +26,62 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class PruneSpec:
-    """How pruning knobs are made: the ratios each may take and the layers never pruned."""
-
-    ratios: tuple[float, ...] | None = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625)
-    low: float = 0.0
-    high: float = 0.625
-    step: float = 0.125
-    exclude: tuple[str, ...] = ()
-    round_to: int | None = 4
-    importance: str = "l2"
-
-    def __post_init__(self) -> None:  # fail at config load, not in every trial
-        if self.importance not in IMPORTANCES:
-            raise PlanError(f"space.prune.importance={self.importance!r} is unknown; "
-                            f"allowed: {', '.join(IMPORTANCES)}")
-        PruneRatio("space.prune.ratios", self.ratios, self.low, self.high, self.step)
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """How precision knobs are made: the precisions each may take and the layers kept fp32."""
-
-    precisions: tuple[str, ...] = ("fp32", "int8", "int16", "int4")
-    exclude: tuple[str, ...] = ()
-    settings: QuantSettings = field(default_factory=QuantSettings)
-    # Weight-only precisions (int4, int16, fp16) run as DequantizeLinear + fp32 compute on CPU: with
-    # latency as an objective they are offered only on layers holding together at most this latency share.
-    latency_aware: bool = True
-    int4_max_latency_share: float = 0.02
-
-    def __post_init__(self) -> None:
-        Precision("space.quant.precisions", self.precisions)
-        if not 0.0 <= self.int4_max_latency_share <= 1.0:
-            raise PlanError(f"space.quant.int4_max_latency_share={self.int4_max_latency_share!r} is outside [0, 1]; "
-                            "it is the share of the baseline's latency that int4 layers may hold together")
-
-
-@dataclass(frozen=True)
 class Space:
-    """Knobs in a fixed order, plus how a plan becomes a pruned model.
+    """Knobs in a fixed order, plus how a plan becomes a compressed model.
 
     Built once per search from the baseline; the same order of ``suggest`` calls in
-    every trial is what lets a finished trial be replayed from its params.
+    every trial is what lets a finished trial be replayed from its params. Kinds are kept
+    in the order they are applied (:func:`spaces.kinds.pipeline`), and so are their knobs.
     """
 
-    prune_knobs: tuple[PruneRatio, ...]
-    quant_knobs: tuple[Precision, ...]
-    prune_spec: PruneSpec
-    quant_spec: QuantSpec
+    kinds: tuple[KnobKind, ...]
+    knobs_by_kind: Mapping[str, tuple[Knob, ...]]
+    specs: Mapping[str, Any]
     head: str
     example_input: torch.Tensor = field(repr=False)
     # knob names that run at one resolution, one kind per block: what a sampler may move together
     blocks: tuple[tuple[str, ...], ...] = ()
 
     @classmethod
-    def build(cls, model: nn.Module, example_input: torch.Tensor, *, prune_spec: PruneSpec,
-              quant_spec: QuantSpec) -> Space:
-        layers = layer_names(model)
-        check_names("space.prune.exclude", prune_spec.exclude, layers)
-        check_names("space.quant.exclude", quant_spec.exclude, layers)
-        head = head_name(model, example_input)
-        groups = prunable_groups(model, example_input, ignored=[head])
-        skipped = resolve_members(groups, prune_spec.exclude)
-        prune_knobs = tuple(
-            PruneRatio(f"prune.{root}", prune_spec.ratios, prune_spec.low, prune_spec.high, prune_spec.step)
-            for root in groups if root not in skipped)
-        quant_knobs = tuple(Precision(f"quant.{name}", quant_spec.precisions)
-                            for name in layers if name not in quant_spec.exclude)
+    def build(cls, model: nn.Module, example_input: torch.Tensor, *, prune_spec: PruneSpec | None = None,
+              quant_spec: QuantSpec | None = None, kinds: Sequence[str] = DEFAULT_KINDS,
+              specs: Mapping[str, Any] | None = None) -> Space:
+        """The space of ``kinds`` on ``model``; a kind without a spec in ``specs`` gets its defaults."""
+        given = {"prune": prune_spec or PruneSpec(), "quant": quant_spec or QuantSpec(), **(specs or {})}
+        ordered = tuple(pipeline(kinds))
+        info = ModelInfo(model, example_input, head_name(model, example_input), tuple(layer_names(model)))
+        chosen = {k.name: given[k.name] if k.name in given else k.spec({}) for k in ordered}
+        knobs = {k.name: tuple(k.knobs(info, chosen[k.name])) for k in ordered}
         # Pruning knobs only: a stage's precision has few useful moves (the reference and seed plans hold
         # uniform int8 already; fp32 loses size and speed, weight-only precisions speed), and on MobileNetV2
         # the stage-precision moves tried set whole stages back to fp32.
-        knob_layers = {k.name: layer_of(k.name) for k in prune_knobs}
+        knob_layers = {k.name: layer_of(k.name) for k in knobs.get("prune", ())}
         blocks = stage_blocks(knob_layers, output_resolutions(model, example_input))
-        return cls(prune_knobs, quant_knobs, prune_spec, quant_spec, head, example_input, blocks)
+        return cls(ordered, knobs, chosen, info.head, example_input, blocks)
 
     @property
-    def knobs(self) -> tuple[PruneRatio | Precision, ...]:
-        return (*self.prune_knobs, *self.quant_knobs)
+    def kind_names(self) -> tuple[str, ...]:
+        return tuple(k.name for k in self.kinds)
+
+    @property
+    def knobs(self) -> tuple[Knob, ...]:
+        return tuple(knob for kind in self.kinds for knob in self.knobs_by_kind[kind.name])
+
+    @property
+    def prune_knobs(self) -> tuple[PruneRatio, ...]:
+        return self.knobs_by_kind.get("prune", ())
+
+    @property
+    def quant_knobs(self) -> tuple[Precision, ...]:
+        return self.knobs_by_kind.get("quant", ())
+
+    @property
+    def prune_spec(self) -> PruneSpec:
+        return self.specs.get("prune", PruneSpec())
+
+    @property
+    def quant_spec(self) -> QuantSpec:
+        return self.specs.get("quant", QuantSpec())
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> Plan:
         return Plan.from_params({knob.name: knob.suggest(trial) for knob in self.knobs})
@@ -115,9 +101,9 @@ class Space:
         unknown = sorted(set(choices) - {k.name for k in self.knobs})
         if unknown:
             raise PlanError(f"{unknown[0]}: not a knob of this space")
-        prune = tuple(replace(k, choices=tuple(choices[k.name])) if k.name in choices else k for k in self.prune_knobs)
-        quant = tuple(replace(k, choices=tuple(choices[k.name])) if k.name in choices else k for k in self.quant_knobs)
-        return replace(self, prune_knobs=prune, quant_knobs=quant)
+        knobs = {kind: tuple(replace(k, choices=tuple(choices[k.name])) if k.name in choices else k for k in ks)
+                 for kind, ks in self.knobs_by_kind.items()}
+        return replace(self, knobs_by_kind=knobs)
 
     def uniform(self, ratio: float, precision: str) -> Plan:
         """The plan a user would write by hand: one ratio and one precision everywhere."""
@@ -128,15 +114,44 @@ class Space:
         """No compression, int8 only, and a uniform prune with int8: the front's floor."""
         return [self.uniform(0.0, "fp32"), self.uniform(0.0, "int8"), self.uniform(uniform_ratio, "int8")]
 
+    def values(self, kind: str, plan: Plan) -> dict[str, Any]:
+        """Every layer with a ``kind`` knob and its value in ``plan``; unplanned layers get the neutral value."""
+        neutral = next(k.neutral for k in self.kinds if k.name == kind)
+        planned = plan.of(kind)
+        return {layer_of(k.name): planned.get(layer_of(k.name), neutral) for k in self.knobs_by_kind[kind]}
+
+    def _env(self, calib: np.ndarray | None = None) -> ApplyEnv:
+        return ApplyEnv(self.example_input, self.head, calib)
+
+    def _apply_stage(self, stage: str, model: nn.Module, plan: Plan) -> nn.Module:
+        for kind in self.kinds:
+            if kind.stage == stage and any(v != kind.neutral for v in plan.of(kind.name).values()):
+                model = kind.apply_model(model, self.values(kind.name, plan), self.specs[kind.name], self._env())
+        return model
+
     def apply(self, model: nn.Module, plan: Plan) -> nn.Module:
-        """A pruned copy of ``model``; quantization happens later, on the exported graph."""
-        return prune(model, plan.prune, self.example_input, ignored=[self.head, *self.prune_spec.exclude],
-                     round_to=self.prune_spec.round_to, importance=self.prune_spec.importance)
+        """A copy of ``model`` with the plan's ``structure`` kinds applied, ready to fine-tune."""
+        return self._apply_stage("structure", copy.deepcopy(model).eval(), plan)
+
+    def finish(self, model: nn.Module, plan: Plan) -> nn.Module:
+        """``model`` (fine-tuned) with the plan's ``trained`` kinds applied, ready to export."""
+        return self._apply_stage("trained", model, plan)
+
+    def apply_graph(self, source: Path, target: Path, plan: Plan, calib: np.ndarray) -> Path:
+        """Write ``target``: the exported ``source`` with the plan's ``graph`` kinds applied in order."""
+        graph = [k for k in self.kinds if k.stage == "graph"]
+        path = Path(source)
+        for i, kind in enumerate(graph):
+            step = target if i == len(graph) - 1 else target.with_name(f"{target.stem}.{kind.name}.onnx")
+            path = Path(kind.apply_graph(path, step, self.values(kind.name, plan), self.specs[kind.name],
+                                         self._env(calib)))
+        if path != Path(target):
+            shutil.copyfile(path, target)
+        return Path(target)
 
     def precisions(self, plan: Plan) -> dict[str, str]:
         """Every quantizable layer's precision; excluded and unplanned layers stay fp32."""
-        layers = (layer_of(k.name) for k in self.quant_knobs)
-        return {layer: plan.quant.get(layer, "fp32") for layer in layers}
+        return self.values("quant", plan) if "quant" in self.knobs_by_kind else {}
 
 
 def layer_of(knob_name: str) -> str:

@@ -8,7 +8,8 @@ from search.trials.finetune import FinetuneSettings
 from search.inspect.tracking import TrackingSettings
 from search.runner import Job
 from search.study import SearchSettings
-from spaces.space import PruneSpec, QuantSpec
+from spaces.kinds.prune import PruneSpec
+from spaces.kinds.quant import QuantSpec
 from tinynet import tiny_net
 
 OBJECTIVES = [Objective("accuracy", "maximize"), Objective("size_bytes", "minimize"),

@@ -75,7 +75,7 @@ def hypervolume_history(results: Sequence[TrialResult], feasible_numbers: frozen
 
 def layer_order(results: Sequence[TrialResult], params_order: Sequence[str] = ()) -> list[str]:
     """Layers in model order: Optuna keeps the precision knobs in definition order; the rest sort naturally."""
-    seen = {name for r in results for name in (*r.plan.prune, *r.plan.quant)}
+    seen = {name for r in results for layers in r.plan.values.values() for name in layers}
     ordered = list(dict.fromkeys(n for n in params_order if n in seen))
     natural = (lambda name: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)])
     return ordered + sorted(seen - set(ordered), key=natural)
@@ -239,8 +239,17 @@ def layer_matrix(members: Sequence[TrialResult], layers: Sequence[str]) -> tuple
     """Per member and layer: prune ratio (NaN: the layer roots no prune group), and "precision\\nratio" text."""
     ratios = np.array([[r.plan.prune.get(n, np.nan) for n in layers] for r in members], dtype=float)
     texts = [[r.plan.quant.get(n, "fp32") + ("" if n not in r.plan.prune else f"\n{r.plan.prune[n]:g}")
-              for n in layers] for r in members]
+              + other_kinds(r.plan, n) for n in layers] for r in members]
     return ratios.reshape(len(members), len(layers)), texts
+
+
+def other_kinds(plan: Plan, layer: str) -> str:
+    """One line per kind besides prune and quant that changes ``layer``, as that kind describes its value."""
+    from spaces.kinds import kind_named
+
+    shown = ((kind, kind_named(kind).describe(values[layer])) for kind, values in plan.values.items()
+             if kind not in ("prune", "quant") and layer in values)
+    return "".join(f"\n{kind} {text}" for kind, text in shown if text)
 
 
 def layers_png(data: PlotData, path: Path) -> Path:

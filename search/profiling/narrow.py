@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
     from evaluators.base import Objective
     from search.profiling.profile import Profile
-    from spaces.space import QuantSpec, Space
+    from spaces.kinds.quant import QuantSpec
+    from spaces.space import Space
 
 log = logging.getLogger(__name__)
 WEIGHT_ONLY = ("fp16", "int16", "int4")

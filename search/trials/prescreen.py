@@ -10,6 +10,7 @@ the plan is dropped before it is fine-tuned, and recorded PRUNED with the member
 """
 from __future__ import annotations
 
+import copy
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import optuna
 
 from search.trials.onnx_export import export_onnx
-from spaces.quantization import quantize
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,9 +62,10 @@ def structure_figures(ctx: SearchContext, model: nn.Module, plan: Plan, out_dir:
     work = out_dir / "prescreen"
     work.mkdir(parents=True, exist_ok=True)
     try:
-        onnx_path = export_onnx(model, ctx.space.example_input, work / "model_fp32.onnx")
-        path = quantize(onnx_path, work / "model.onnx", ctx.space.precisions(plan), ctx.data.calib,
-                        settings=ctx.space.quant_spec.settings)
+        # the kinds that act after fine-tuning change what ships, so they are applied here too, on a copy
+        finished = ctx.space.finish(copy.deepcopy(model), plan)
+        onnx_path = export_onnx(finished, ctx.space.example_input, work / "model_fp32.onnx")
+        path = ctx.space.apply_graph(onnx_path, work / "model.onnx", plan, ctx.data.calib)
         figures: dict[str, float] = {}
         for evaluator in ctx.evaluators:
             if ACCURACY not in evaluator.metrics:

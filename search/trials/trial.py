@@ -13,7 +13,6 @@ from search.trials.finetune import FinetuneSettings, Logger, finetune
 from search.trials.onnx_export import export_onnx
 from search.trials.prescreen import DominatedPlan, Screen, structure_figures
 from spaces.base import Plan
-from spaces.quantization import quantize
 
 if TYPE_CHECKING:
     from torch import nn
@@ -136,8 +135,8 @@ def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable
     clock = Stopwatch(on_stage)
     with clock.stage("prune"):
         model = ctx.space.apply(ctx.baseline, plan)
-    # An unpruned model is the converged baseline: training it again only adds noise.
-    pruned = any(r > 0 for r in plan.prune.values())
+    # A model whose structure is unchanged is the converged baseline: training it again only adds noise.
+    pruned = plan.needs_finetune
     check = ctx.early_stop.check(ctx.finetune.steps) if ctx.early_stop else None
     before: dict[str, float] = {}
     try:
@@ -152,10 +151,10 @@ def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable
         stop.timings = {**clock.timings, "total": round(sum(clock.timings.values()), 4)}  # its cost, for the record
         raise
     with clock.stage("export"):
+        model = ctx.space.finish(model, plan)
         fp32_path = export_onnx(model, ctx.space.example_input, out_dir / "model_fp32.onnx")
     with clock.stage("quantize"):
-        model_path = quantize(fp32_path, out_dir / "model.onnx", ctx.space.precisions(plan), ctx.data.calib,
-                              settings=ctx.space.quant_spec.settings)
+        model_path = ctx.space.apply_graph(fp32_path, out_dir / "model.onnx", plan, ctx.data.calib)
     with clock.stage("evaluate"):
         metrics = measure(model_path, ctx.data.val, ctx.evaluators)
         metrics.update(relative(metrics, ctx.baseline_metrics))

@@ -7,7 +7,7 @@ import pytest
 from hydra.utils import instantiate
 
 import conf
-from search.cli import build_job, load_config, objectives_of, plain, prune_spec, quant_spec, search_settings
+from search.cli import build_job, kind_specs, load_config, objectives_of, plain, search_settings
 
 CONF = Path(conf.__file__).parent
 SMALL = ["data.train_limit=200", "data.eval_limit=100", "data.calib_size=16"]
@@ -56,7 +56,7 @@ def test_every_data_option_composes(name):
 def test_every_option_of_the_other_groups_builds(group):
     for name in options(group):
         cfg = load_config([f"{group}={name}", *SMALL])
-        prune_spec(cfg), quant_spec(cfg), search_settings(cfg), objectives_of(cfg)
+        kind_specs(cfg), search_settings(cfg), objectives_of(cfg)
         for node in cfg.evaluator.evaluators.values():
             assert hasattr(instantiate(node), "measure")
         assert isinstance(plain(cfg.tracking), dict)
@@ -67,7 +67,7 @@ def test_every_experiment_composes(name):
     cfg = load_config([f"experiment={name}", *SMALL])
     base = load_config(SMALL)
     assert plain(cfg) != plain(base), "an experiment must change something"
-    search_settings(cfg), prune_spec(cfg), quant_spec(cfg)
+    search_settings(cfg), kind_specs(cfg)
 
 
 def test_custom_groups_demand_a_target():

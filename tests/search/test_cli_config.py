@@ -127,3 +127,42 @@ def test_a_masked_password_comes_back_from_the_command_line_only():
 def test_plain_round_trip_of_the_composed_config_has_no_conflicts():
     cfg = plain(load_config(SEARCHED))
     assert conflicts(record(cfg), cfg, plain(load_config([f"search.study_name={STUDY}"]))) == []
+
+
+def copied_study(where: list[str], tmp_path: Path) -> tuple[list[str], optuna.Study]:
+    """A copy of the module's study (and its cached baseline) that a test may change."""
+    import shutil
+
+    root = Path(where[0].split("=", 1)[1])
+    shutil.copytree(root, tmp_path / "outputs")
+    located = [f"paths.root={tmp_path}/outputs", f"search.study_name={STUDY}"]
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/outputs/{STUDY}/study.db")
+    return located, study
+
+
+def test_a_study_recorded_before_knob_kinds_resumes_with_prune_and_quant(where, tmp_path, monkeypatch):
+    located, study = copied_study(where, tmp_path)
+    config = study.user_attrs["config"]
+    assert config["space"].pop("kinds") == ["prune", "quant"]
+    study.set_user_attr("config", config)  # as a study from before space.kinds recorded it
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", *located, "search.n_trials=3"]) == 0
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == 3
+    assert {name.partition(".")[0] for t in done for name in t.params} == {"prune", "quant"}
+
+
+def test_a_stored_trial_of_an_unknown_kind_is_one_clear_error(where, tmp_path, monkeypatch, capsys):
+    located, study = copied_study(where, tmp_path)
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))[0]
+    result = dict(done.user_attrs["result"])
+    result["plan"] = {**result["plan"], "distill": {"fc": 0.5}}  # written by a version with one more kind
+    study.add_trial(optuna.trial.create_trial(
+        params={**done.params, "distill.fc": 0.5},
+        distributions={**done.distributions, "distill.fc": optuna.distributions.FloatDistribution(0, 1)},
+        values=done.values, user_attrs={**done.user_attrs, "result": result}, system_attrs=done.system_attrs))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["report", *located]) == 2
+    err = one_error_line(capsys)
+    assert "unknown knob kinds ['distill']" in err and "known kinds: " in err and "prune" in err

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from spaces.base import KINDS, PRECISIONS, Plan, PlanError, check_precision, check_ratio
+from spaces.base import PRECISIONS, Plan, PlanError, check_precision, check_ratio
+from spaces.kinds import registry
 
 PLAN = Plan(prune={"layer2.conv1": 0.25, "layer1.conv1": 0.5, "b.0": 0.0},
             quant={"fc": "int8", "stem.0": "fp16", "a": "int4", "layer1.conv1": "int16"})
@@ -125,7 +126,7 @@ def test_unknown_section_is_refused_with_its_name_and_the_allowed_ones():
         Plan.from_dict({"prune": {}, "distill": {"a": 1}, "zz": {}})
     message = str(info.value)
     assert "distill" in message and "zz" in message
-    for kind in KINDS:
+    for kind in registry():
         assert kind in message
 
 
@@ -150,9 +151,8 @@ def test_params_are_flat_knob_names():
     }
 
 
-def test_from_params_inverts_params_and_ignores_other_parameters():
-    params = {**PLAN.params(), "lr": 0.1, "finetune.steps": 10, "prune": 0.5, "quant.": "int8"}
-    assert Plan.from_params(params) == PLAN
+def test_from_params_inverts_params():
+    assert Plan.from_params(PLAN.params()) == PLAN
     # the layer part keeps its own dots: only the first one separates the kind
     assert Plan.from_params({"prune.a.b.c": 0.25}).prune == {"a.b.c": 0.25}
 
@@ -162,3 +162,16 @@ def test_from_params_validates_values():
         Plan.from_params({"prune.layer1.conv1": 1.0})
     with pytest.raises(PlanError, match="quant.fc"):
         Plan.from_params({"quant.fc": "int32"})
+
+
+@pytest.mark.parametrize("extra", [{"lr": 0.1}, {"finetune.steps": 10}, {"distill.fc": 0.5}])
+def test_from_params_refuses_a_parameter_of_no_known_kind(extra):
+    """A stored study whose params name a kind this version lacks must not load as a smaller plan."""
+    with pytest.raises(PlanError) as info:
+        Plan.from_params({**PLAN.params(), **extra})
+    assert next(iter(extra)).partition(".")[0] in str(info.value)
+
+
+def test_needs_finetune_only_for_kinds_that_change_the_structure():
+    assert Plan(prune={"a": 0.25}).needs_finetune
+    assert not Plan(prune={"a": 0.0}, quant={"a": "int8"}).needs_finetune

@@ -10,7 +10,9 @@ from spaces.base import Plan, PlanError
 from spaces.layers import prunable_groups
 from spaces.pruning import PruneRatio
 from spaces.quantization import Precision
-from spaces.space import PruneSpec, QuantSpec, Space, layer_of
+from spaces.kinds.prune import PruneSpec
+from spaces.kinds.quant import QuantSpec
+from spaces.space import Space, layer_of
 from tinynet import tiny_net
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -17,7 +17,8 @@ from search.runner import Job, run_search
 from search.study import SearchSettings, baseline_of, results
 from search.trials.trial import TrialResult
 from search.deploy.verify import VerifySettings, verify_package
-from spaces.space import PruneSpec, QuantSpec
+from spaces.kinds.prune import PruneSpec
+from spaces.kinds.quant import QuantSpec
 from stores import baseline_cache
 from tinynet import tiny_net
 

@@ -26,7 +26,8 @@ from search.deploy.predict_template import preprocess
 from search.runner import Job, run_search
 from search.study import SearchSettings, baseline_of, results
 from search.inspect.tracking import TrackingSettings
-from spaces.space import PruneSpec, QuantSpec
+from spaces.kinds.prune import PruneSpec
+from spaces.kinds.quant import QuantSpec
 from stores import baseline_cache, fresh_mlflow_store
 from tinynet import tiny_net
 from zoo.data import load_idx_arrays

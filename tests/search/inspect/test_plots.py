@@ -16,7 +16,8 @@ from search.runner import Job, run_search
 from search.study import SearchSettings
 from search.trials.trial import TrialResult
 from spaces.base import Plan
-from spaces.space import PruneSpec, QuantSpec
+from spaces.kinds.prune import PruneSpec
+from spaces.kinds.quant import QuantSpec
 from tinynet import tiny_net
 
 OBJECTIVES = [Objective("accuracy", "maximize"), Objective("size_bytes", "minimize"),

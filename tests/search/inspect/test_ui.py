@@ -30,7 +30,8 @@ from search.trials.finetune import FinetuneSettings
 from search.runner import Job, run_search
 from search.study import SearchSettings
 from search.inspect.tracking import TrackingSettings
-from spaces.space import PruneSpec, QuantSpec
+from spaces.kinds.prune import PruneSpec
+from spaces.kinds.quant import QuantSpec
 from servers import WAIT_S, free_port, serving
 from stores import baseline_cache, fresh_mlflow_store
 from tinynet import tiny_net

@@ -22,7 +22,9 @@ from search.runner import Job, build_context, prepare, run_search
 from search.profiling.seeds import greedy_groups, seed_plans
 from search.study import SearchSettings
 from search.inspect.tracking import TrackingSettings
-from spaces.space import PruneSpec, QuantSpec, Space
+from spaces.kinds.prune import PruneSpec
+from spaces.kinds.quant import QuantSpec
+from spaces.space import Space
 from tinynet import tiny_net
 
 OBJECTIVES = [Objective("accuracy", "maximize"), Objective("size_bytes", "minimize"),

@@ -22,7 +22,8 @@ from search.sampler import make_sampler
 from search.study import BudgetCallback, FailureLimit, SearchSettings
 from search.inspect.tracking import TrackingSettings
 from spaces.base import Plan
-from spaces.space import PruneSpec, QuantSpec
+from spaces.kinds.prune import PruneSpec
+from spaces.kinds.quant import QuantSpec
 from tinynet import tiny_net
 
 OBJECTIVES = [Objective("accuracy", "maximize"), Objective("size_bytes", "minimize")]

@@ -1,0 +1,56 @@
+"""The knob-kind seam: discovery, the order kinds are applied in, and today's search kept exactly."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spaces.base import Plan, PlanError
+from spaces.kinds import DEFAULT_KINDS, kind_named, pipeline, registry
+from spaces.kinds.base import STAGES
+from spaces.space import Space
+from tinynet import tiny_net
+
+
+def test_every_module_defining_a_kind_is_registered_under_its_name():
+    kinds = registry()
+    assert {"prune", "quant"} <= set(kinds)
+    for name, kind in kinds.items():
+        assert kind.name == name and kind.stage in STAGES
+        assert kind.check(f"{name}.x", kind.neutral) == kind.neutral  # its neutral value is a valid value
+
+
+def test_kinds_apply_by_stage_then_rank_whatever_order_they_are_listed_in():
+    names = list(registry())
+    forward, backward = pipeline(names), pipeline(list(reversed(names)))
+    assert forward == backward
+    keys = [(STAGES.index(k.stage), k.rank) for k in forward]
+    assert keys == sorted(keys)
+    assert [k.name for k in pipeline(["quant", "prune"])] == ["prune", "quant"]  # structure before the graph
+
+
+def test_an_unknown_kind_in_the_space_names_the_known_ones():
+    with pytest.raises(PlanError) as info:
+        pipeline(["prune", "distill"])
+    assert "space.kinds" in str(info.value) and "'distill'" in str(info.value) and "prune" in str(info.value)
+
+
+def test_an_unknown_setting_of_a_kind_names_the_allowed_ones():
+    with pytest.raises(PlanError, match=r"space\.prune\.ratio is not a setting.*allowed: .*ratios"):
+        kind_named("prune").spec({"ratio": 0.5})
+
+
+def test_default_kinds_build_todays_space():
+    x = torch.zeros(1, 1, 28, 28)
+    space = Space.build(tiny_net(), x)
+    assert space.kind_names == DEFAULT_KINDS
+    assert [k.name.partition(".")[0] for k in space.knobs] == (
+        ["prune"] * len(space.prune_knobs) + ["quant"] * len(space.quant_knobs))
+    only_prune = Space.build(tiny_net(), x, kinds=["prune"])
+    assert only_prune.quant_knobs == () and only_prune.prune_knobs == space.prune_knobs
+    assert only_prune.precisions(space.uniform(0.0, "int8")) == {}
+
+
+def test_a_plan_of_a_kind_the_space_does_not_search_is_refused():
+    space = Space.build(tiny_net(), torch.zeros(1, 1, 28, 28), kinds=["prune"])
+    with pytest.raises(PlanError, match="not a knob of this space"):
+        space.check(Plan(quant={"fc": "int8"}))
