@@ -101,15 +101,25 @@ def _dotted_from_scope(node_name: str) -> str:
 
 
 def onnx_layer_nodes(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str, onnx.NodeProto]:
-    """``{layer name: its Conv/Gemm/MatMul node}`` for the named torch layers."""
-    found: dict[str, onnx.NodeProto] = {}
+    """``{layer name: its Conv/Gemm/MatMul node}`` for the named torch layers, each one node."""
+    return {name: nodes[0] for name, nodes in onnx_layer_node_lists(model, layers).items()}
+
+
+def onnx_layer_node_lists(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str, list[onnx.NodeProto]]:
+    """``{layer name: its Conv/Gemm/MatMul nodes}``: the layer's own node, or, where a knob kind replaced
+    the layer by a module of several (``lowrank``: ``<layer>.down``, ``<layer>.up``), those of its children."""
+    found: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         if node.op_type in ONNX_LAYER_OPS:
-            found.setdefault(_dotted_from_scope(node.name), node)
-    missing = [n for n in layers if n not in found]
+            found.setdefault(_dotted_from_scope(node.name), []).append(node)
+    out = {}
+    for name in layers:
+        out[name] = found.get(name) or [n for scope, nodes in found.items()
+                                        if scope.startswith(name + ".") for n in nodes]
+    missing = [n for n in layers if not out[n]]
     if missing:
         raise PlanError(f"could not find ONNX nodes for layers {missing}; the graph names: {sorted(found)[:12]}")
-    return {n: found[n] for n in layers}
+    return out
 
 
 def onnx_node_layers(model: onnx.ModelProto) -> dict[str, frozenset[str]]:

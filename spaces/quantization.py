@@ -14,7 +14,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 
 from spaces.base import PRECISIONS, PlanError, check_precision
-from spaces.layers import ONNX_LAYER_OPS, onnx_layer_nodes, onnx_node_layers
+from spaces.layers import ONNX_LAYER_OPS, onnx_layer_node_lists, onnx_node_layers
 
 if TYPE_CHECKING:
     import optuna
@@ -89,17 +89,17 @@ def quantize(fp32_path: Path, out_path: Path, precisions: Mapping[str, str], cal
     from ``precisions`` stay fp32 in the same way.
     """
     model = onnx.load(str(fp32_path))
-    nodes = onnx_layer_nodes(model, list(precisions))
+    nodes = onnx_layer_node_lists(model, list(precisions))
     integer = {n: p for n, p in precisions.items() if p in WEIGHT_TYPES}
-    half = [nodes[n] for n, p in precisions.items() if p == "fp16"]
+    half = [node for n, p in precisions.items() if p == "fp16" for node in nodes[n]]
     if not integer:
         _store_half(model, [node.input[1] for node in half])
         onnx.save(model, str(out_path))
         return out_path
-    keep_fp32 = _fp32_nodes(model, {nodes[n].name for n in integer})
-    overrides = {nodes[n].input[1]: [{"quant_type": WEIGHT_TYPES[p], **({"axis": 0} if settings.per_channel
-                                                                         else {})}]
-                 for n, p in integer.items() if p != "int8"}
+    keep_fp32 = _fp32_nodes(model, {node.name for n in integer for node in nodes[n]})
+    overrides = {node.input[1]: [{"quant_type": WEIGHT_TYPES[p], **({"axis": 0} if settings.per_channel
+                                                                      else {})}]
+                 for n, p in integer.items() if p != "int8" for node in nodes[n]}
     input_name = model.graph.input[0].name
     source = fp32_path
     if overrides and _opset(model) < SUB_BYTE_OPSET:
