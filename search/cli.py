@@ -207,7 +207,7 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
     from search.inspect import pareto
-    from search.inspect.next_steps import next_steps
+    from search.inspect.next_steps import next_steps, size_metric
     from search.runner import run_search
 
     job = build_job(study_config(cfg, overrides, must_exist=False))
@@ -221,7 +221,8 @@ def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
     print(pareto.table(outcome.front, outcome.baseline, outcome.left))
     print("\nfiles: " + ", ".join(str(p) for p in outcome.files))
     print("\n" + next_steps(outcome.front, located=located(cfg, overrides), constraints=job.constraints,
-                            tracking_uri=job.tracking.uri if job.tracking else None))
+                            tracking_uri=job.tracking.uri if job.tracking else None,
+                            size=size_metric(job.objectives)))
     return outcome.exit_code
 
 

@@ -89,3 +89,17 @@ def test_located_names_what_an_experiment_file_set_and_masks_passwords():
     given = ["storage=postgresql://u:hunter2@db/optuna", "paths.root=/data/runs", "search.n_trials=5"]
     assert located(load_config(given), given) == [
         "search.study_name=autosqueeze", "storage=postgresql://u:***@db/optuna", "paths.root=/data/runs"]
+
+
+def test_a_study_minimising_compressed_bytes_suggests_the_smallest_shipped_member():
+    from evaluators.base import Objective
+    from search.inspect.next_steps import size_metric
+
+    ota = [Objective("accuracy", "maximize"), Objective("compressed_bytes", "minimize")]
+    assert size_metric(ota) == "compressed_bytes"
+    assert size_metric([Objective("accuracy", "maximize"), Objective("size_bytes", "minimize")]) == "size_bytes"
+    big_file_small_zip, small_file = member(3, 900.0), member(5, 400.0)
+    big_file_small_zip.metrics["compressed_bytes"], small_file.metrics["compressed_bytes"] = 100.0, 300.0
+    text = next_steps([big_file_small_zip, small_file], located=["search.study_name=s"], constraints=[],
+                      tracking_uri=None, size=size_metric(ota))
+    assert "trial 3: the smallest front member (compressed_bytes)" in text and "export.trial=3" in text
