@@ -72,3 +72,15 @@ def test_short_training_lowers_the_loss(fashion_root: str) -> None:
     assert not model.training
     after = _accuracy(model, splits.test.inputs, splits.test.labels)
     assert after > max(0.5, before + 0.2)
+
+
+def test_an_mlp_head_holds_the_fully_connected_layers_and_the_classifier_stays_last():
+    from spaces.layers import head_name
+
+    model = resnet_small(hidden=(64, 32)).eval()
+    x = torch.zeros(2, 1, 28, 28)
+    assert model(x).shape == (2, 10)
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert linears == ["fc.0", "fc.2", "fc.4"] and head_name(model, x[:1]) == "fc.4"
+    with pytest.raises(ValueError, match="hidden"):
+        resnet_small(hidden=(0,))

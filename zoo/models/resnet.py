@@ -44,10 +44,11 @@ class BasicBlock(nn.Module):
 
 class ResNetSmall(nn.Module):
     """Stride-2 stem conv, one stage per entry of ``widths`` (each after the first halves
-    the resolution), global average pool, and a linear classifier ``fc``."""
+    the resolution), global average pool, and a classifier ``fc``: one linear layer, or an MLP
+    with ``hidden`` widths."""
 
     def __init__(self, *, num_classes: int, in_channels: int, widths: Sequence[int],
-                 blocks: Sequence[int], stem_channels: int) -> None:
+                 blocks: Sequence[int], stem_channels: int, hidden: Sequence[int] = ()) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, stem_channels, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_channels)
@@ -62,7 +63,7 @@ class ResNetSmall(nn.Module):
             self.add_module(f"layer{index}", nn.Sequential(*stage))
         self.num_stages = len(widths)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
+        self.fc = nn.Linear(channels, num_classes) if not hidden else mlp_head(channels, hidden, num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -84,15 +85,26 @@ class ResNetSmall(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+def mlp_head(channels: int, hidden: Sequence[int], num_classes: int) -> nn.Sequential:
+    """Linear + ReLU per ``hidden`` width, then the classifier: ``fc.0``, ``fc.2``, ... ``fc.<2·len(hidden)>``."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(channels, width), nn.ReLU(inplace=True)]
+        channels = width
+    return nn.Sequential(*layers, nn.Linear(channels, num_classes))
+
+
 def resnet_small(*, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64, 128),
-                 blocks: tuple[int, ...] | None = None, stem_channels: int | None = None) -> ResNetSmall:
+                 blocks: tuple[int, ...] | None = None, stem_channels: int | None = None,
+                 hidden: tuple[int, ...] = ()) -> ResNetSmall:
     """The built-in Fashion-MNIST ResNet: about 0.33 M parameters and 5.4 M MACs at 1x28x28.
 
     ``widths`` gives the channels of each stage. The stem is a stride-2 3x3 conv with
     ``stem_channels`` (default ``widths[0]``, so the stem joins layer1's residual
     group); every stage after the first halves the resolution (28 -> 14, 14, 7, 4, 2).
     ``blocks`` is the number of residual blocks per stage (default: 2 in the first
-    two stages, 1 after).
+    two stages, 1 after). ``hidden`` makes the classifier an MLP with those widths: the
+    fully connected layers where low-rank factorization and weight sharing pay most.
     """
     widths = tuple(int(w) for w in widths)
     if blocks is None:
@@ -106,5 +118,8 @@ def resnet_small(*, num_classes: int = 10, in_channels: int = 1, widths: tuple[i
     stem = widths[0] if stem_channels is None else int(stem_channels)
     if num_classes < 1 or in_channels < 1 or stem < 1:
         raise ValueError("resnet_small: num_classes, in_channels and stem_channels must be positive")
+    hidden = tuple(int(h) for h in hidden)
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"resnet_small: hidden={hidden!r}; give positive widths for the MLP head, or none")
     return ResNetSmall(num_classes=num_classes, in_channels=in_channels, widths=widths,
-                       blocks=blocks, stem_channels=stem)
+                       blocks=blocks, stem_channels=stem, hidden=hidden)
