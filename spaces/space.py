@@ -105,10 +105,23 @@ class Space:
                  for kind, ks in self.knobs_by_kind.items()}
         return replace(self, knobs_by_kind=knobs)
 
+    def complete(self, plan: Plan) -> Plan:
+        """``plan`` with every knob it leaves out at its kind's neutral value, where the knob offers it.
+
+        A queued plan names every knob: Optuna samples the ones it leaves out, which would turn a hand-made
+        plan into a random one in the kinds it does not mention.
+        """
+        filled = {}
+        for kind in self.kinds:
+            for knob in self.knobs_by_kind[kind.name]:
+                if knob.allows(kind.neutral):
+                    filled[knob.name] = kind.neutral
+        return Plan.from_params({**filled, **plan.params()})
+
     def uniform(self, ratio: float, precision: str) -> Plan:
-        """The plan a user would write by hand: one ratio and one precision everywhere."""
-        return Plan.from_params({**{k.name: ratio for k in self.prune_knobs},
-                                 **{k.name: precision for k in self.quant_knobs}})
+        """The plan a user would write by hand: one ratio and one precision everywhere, other kinds neutral."""
+        return self.complete(Plan.from_params({**{k.name: ratio for k in self.prune_knobs},
+                                               **{k.name: precision for k in self.quant_knobs}}))
 
     def reference_plans(self, *, uniform_ratio: float) -> list[Plan]:
         """No compression, int8 only, and a uniform prune with int8: the front's floor."""

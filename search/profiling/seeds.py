@@ -108,7 +108,7 @@ def enqueue_seeds(study: optuna.Study, space: Space, profile: Profile, settings:
         except ValueError as exc:
             log.warning("seed plan skipped (%s): %s", text, exc)
             continue
-        study.enqueue_trial(plan.params(), user_attrs={"seed": text}, skip_if_exists=True)
+        study.enqueue_trial(space.complete(plan).params(), user_attrs={"seed": text}, skip_if_exists=True)
         added += 1
     if queued != list(study.user_attrs.get(ATTR) or []):
         study.set_user_attr(ATTR, queued)

@@ -54,3 +54,13 @@ def test_a_plan_of_a_kind_the_space_does_not_search_is_refused():
     space = Space.build(tiny_net(), torch.zeros(1, 1, 28, 28), kinds=["prune"])
     with pytest.raises(PlanError, match="not a knob of this space"):
         space.check(Plan(quant={"fc": "int8"}))
+
+
+def test_queued_hand_plans_set_every_other_kind_to_its_neutral_value():
+    space = Space.build(tiny_net(), torch.zeros(1, 1, 28, 28), kinds=["prune", "quant", "lowrank"])
+    uniform = space.uniform(0.25, "int8")
+    assert set(uniform.params()) == {k.name for k in space.knobs}  # nothing left for Optuna to draw at random
+    assert set(uniform.of("lowrank").values()) == {1.0} and not uniform.of("lowrank") == {}
+    partial = Plan(prune={"layer1.conv1": 0.5})
+    assert space.complete(partial).prune["layer1.conv1"] == 0.5
+    assert space.complete(partial).of("quant") == {k.name.partition(".")[2]: "fp32" for k in space.quant_knobs}
