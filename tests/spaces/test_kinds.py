@@ -64,3 +64,55 @@ def test_queued_hand_plans_set_every_other_kind_to_its_neutral_value():
     partial = Plan(prune={"layer1.conv1": 0.5})
     assert space.complete(partial).prune["layer1.conv1"] == 0.5
     assert space.complete(partial).of("quant") == {k.name.partition(".")[2]: "fp32" for k in space.quant_knobs}
+
+
+TOY_KIND = '''
+from spaces.kinds.base import Choice, KindBase
+
+
+class Scale(KindBase):
+    """Multiplies a layer's weight after fine-tuning: a kind written outside this package."""
+
+    name, stage, rank, neutral = "scale", "trained", 0, 1.0
+
+    def spec(self, section):
+        return dict(section)
+
+    def check(self, key, value):
+        return float(value)
+
+    def knobs(self, info, spec):
+        return tuple(Choice(f"scale.{layer}", (1.0, 2.0)) for layer in info.layers)
+
+    def apply_model(self, model, values, spec, env):
+        for layer, factor in values.items():
+            model.get_submodule(layer).weight.data *= factor
+        return model
+
+
+KIND = Scale()
+'''
+
+
+def test_a_new_kind_is_one_module_and_nothing_else(tmp_path, monkeypatch):
+    import sys
+
+    import spaces.kinds
+
+    (tmp_path / "scale.py").write_text(TOY_KIND)
+    monkeypatch.setattr(spaces.kinds, "__path__", [*spaces.kinds.__path__, str(tmp_path)])
+    registry.cache_clear()
+    try:
+        model = tiny_net().eval()
+        space = Space.build(model, torch.zeros(1, 1, 28, 28), kinds=["prune", "quant", "scale"])
+        assert [k.name for k in space.kinds] == ["prune", "scale", "quant"]  # structure, trained, graph
+        plan = space.complete(Plan(scale={"fc": 2.0}))
+        assert Plan.from_params(plan.params()) == plan
+        finished = space.finish(space.apply(model, plan), plan)
+        assert torch.equal(finished.fc.weight, 2 * model.fc.weight)
+        assert torch.equal(finished.stem[0].weight, model.stem[0].weight)
+    finally:
+        monkeypatch.undo()
+        sys.modules.pop("spaces.kinds.scale", None)
+        registry.cache_clear()
+    assert "scale" not in registry()
