@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import onnx
 from onnx import shape_inference
@@ -72,10 +73,20 @@ class _Graph:
                 continue  # rank unknown: leave it out rather than read it as a scalar
             dims = value.type.tensor_type.shape.dim
             self.shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        # Sparse weights (spaces/kinds/sparse.py) count at their dense shape, like the MACs they still cost.
+        for sparse in model.graph.sparse_initializer:
+            self._hold(sparse.values.name, sparse.dims)
         for node in self.nodes:  # Constant nodes: shape from the tensor they hold
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
-                self.initializers[node.output[0]] = node.attribute[0].t
-                self.shapes[node.output[0]] = list(node.attribute[0].t.dims)
+            held = node.attribute[0] if node.op_type == "Constant" and node.attribute else None
+            if held is not None and held.HasField("t"):
+                self.initializers[node.output[0]] = held.t
+                self.shapes[node.output[0]] = list(held.t.dims)
+            elif held is not None and held.HasField("sparse_tensor"):
+                self._hold(node.output[0], held.sparse_tensor.dims)
+
+    def _hold(self, name: str, dims: Sequence[int]) -> None:
+        self.initializers[name] = onnx.TensorProto(name=name, dims=list(dims))
+        self.shapes[name] = list(dims)
 
     def stored(self, name: str) -> onnx.TensorProto | None:
         """The constant tensor ``name`` is computed from (through DequantizeLinear/Identity), else None."""

@@ -202,3 +202,16 @@ def test_bad_settings_fail_at_config_load():
     space = Space.build(tiny_net(), X, kinds=["sparse"], specs={"sparse": kind.spec({"levels": [0, 0.5]})})
     with pytest.raises(PlanError, match=r"sparse\.fc=0\.9 is outside the space"):
         space.check(Plan(sparse={"fc": 0.9}))
+
+
+@pytest.mark.parametrize("kinds, quant", [(("sparse",), {}), (("quant", "sparse"), INT8)], ids=["fp32", "int8"])
+def test_sparse_weights_count_at_their_dense_shape_in_params_and_macs(kinds, quant, fp32_path, calib, tmp_path):
+    from evaluators.complexity import Complexity
+
+    space = build(*kinds)
+    plan = Plan(sparse={n: 0.9 for n in LAYERS}, quant=quant) if quant else Plan(sparse={n: 0.9 for n in LAYERS})
+    sparse = ship(space, plan, fp32_path, calib, tmp_path / "sparse")
+    dense = ship(space, Plan(quant=quant) if quant else Plan(), fp32_path, calib, tmp_path / "dense")
+    data = None  # complexity reads the graph only
+    assert any(n.op_type == "Constant" for n in onnx.load(str(sparse)).graph.node)  # stored sparse indeed
+    assert Complexity().measure(sparse, data) == Complexity().measure(dense, data)
