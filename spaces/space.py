@@ -118,6 +118,18 @@ class Space:
                     filled[knob.name] = kind.neutral
         return Plan.from_params({**filled, **plan.params()})
 
+    def seeded(self, plan: Plan) -> Plan:
+        """``plan`` with each kind's ``seed`` value on every layer the plan leaves neutral and the knob allows."""
+        added = {}
+        for kind in self.kinds:
+            if kind.seed is None:
+                continue
+            planned = plan.of(kind.name)
+            for knob in self.knobs_by_kind[kind.name]:
+                if planned.get(layer_of(knob.name), kind.neutral) == kind.neutral and knob.allows(kind.seed):
+                    added[knob.name] = kind.seed
+        return Plan.from_params({**plan.params(), **added}) if added else plan
+
     def uniform(self, ratio: float, precision: str) -> Plan:
         """The plan a user would write by hand: one ratio and one precision everywhere, other kinds neutral."""
         return self.complete(Plan.from_params({**{k.name: ratio for k in self.prune_knobs},

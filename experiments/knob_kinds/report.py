@@ -7,13 +7,16 @@ import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
-import optuna
+import sys
+
 from optuna.trial import TrialState
 
-from knob_kinds.run import ARMS, common, load
-from machine import markdown
-from search.inspect import pareto
-from search.study import baseline_of, feasible_results, results
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
+
+from knob_kinds.run import ARMS, common, load  # noqa: E402
+from machine import markdown  # noqa: E402
+from search.inspect import pareto  # noqa: E402
+from search.study import baseline_of, feasible_results, results  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MAX_DROP = 1.0
@@ -102,7 +105,5 @@ def write_report(root: Path, *, command: Sequence[str] = ()) -> Path:
 
 
 if __name__ == "__main__":
-    import sys
-
     print(write_report((Path(sys.argv[1]) if len(sys.argv) > 1 else
                         Path(__file__).resolve().parents[2] / "outputs" / "knob_kinds").resolve()).read_text())

@@ -84,6 +84,13 @@ def seed_plans(space: Space, profile: Profile, settings: ProfileSettings) -> lis
         text = (f"{by} budget {budget:.0%}: prune {ratio:g} on the {len(groups)} groups cheapest per {by[:-1]} "
                 f"(~{removed:.0%} of {by}), int8" + (f" but fp32 {', '.join(kept)}" if kept else ""))
         plans.setdefault(Plan(prune=prune, quant=quant), text)
+    # Then each plan again with the kinds that name a seed value (share: 6 bits), after all plain ones so that
+    # a small budget keeps the plain seeds. Without such kinds in space.kinds the seeds are as they always were.
+    seeded = {space.seeded(plan): text for plan, text in plans.items()}
+    for plan, text in seeded.items():
+        added = ", ".join(f"{k.name} {k.seed}" for k in space.kinds if k.seed is not None and plan.of(k.name))
+        if plan not in plans:
+            plans[plan] = f"{text} + {added}"
     return [(text, plan) for plan, text in plans.items()]
 
 

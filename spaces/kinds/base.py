@@ -71,6 +71,7 @@ class KnobKind(Protocol):
     rank: int
     neutral: Any        # the value that leaves a layer exactly as it was
     finetune: bool      # a non-neutral value needs fine-tuning afterwards
+    seed: Any           # what the profile's seed plans also try on every layer; None: seeds stay neutral here
 
     def spec(self, section: Mapping[str, Any]) -> Any:
         """The kind's settings from its ``space.<name>`` config section; PlanError names a bad key."""
@@ -95,6 +96,7 @@ class KindBase:
     """Defaults for the stage a kind does not act in."""
 
     finetune = False
+    seed = None
 
     def apply_model(self, model, values, spec, env):
         return model

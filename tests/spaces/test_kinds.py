@@ -116,3 +116,13 @@ def test_a_new_kind_is_one_module_and_nothing_else(tmp_path, monkeypatch):
         sys.modules.pop("spaces.kinds.scale", None)
         registry.cache_clear()
     assert "scale" not in registry()
+
+
+def test_seeded_plans_add_each_kinds_seed_value_only_where_the_plan_is_neutral():
+    space = Space.build(tiny_net(), torch.zeros(1, 1, 28, 28), kinds=["prune", "quant", "share"])
+    plan = space.complete(Plan(prune={"layer1.conv1": 0.5}, share={"fc": 4}))
+    seeded = space.seeded(plan)
+    assert seeded.prune == plan.prune and seeded.quant == plan.quant
+    assert seeded.of("share")["fc"] == 4 and set(seeded.of("share").values()) == {4, 6}
+    today = Space.build(tiny_net(), torch.zeros(1, 1, 28, 28))
+    assert today.seeded(today.complete(plan.__class__(prune=plan.prune))) == today.complete(Plan(prune=plan.prune))

@@ -231,3 +231,16 @@ def test_the_report_shows_the_profile(searched, tmp_path):
     section = page.split("<h2>Sensitivity profile</h2>")[1].split("<h2>")[0]
     assert "int4 offered" in section and "<td class=l>layer2.conv1</td>" in section
     assert "% of the search" in section and (tmp_path / "plots" / "profile.png").is_file()
+
+
+def test_with_share_in_the_space_each_seed_plan_comes_twice_plain_first_then_with_6_bits():
+    profile = _synthetic({"layer1.conv1": 0.0, "layer2.conv1": 0.2, "down.0": 3.0})
+    model, x = tiny_net(), torch.zeros(1, 1, 28, 28)
+    settings = replace(SETTINGS, budgets=(0.2, 0.4), mac_budget=None)
+    plain = seed_plans(Space.build(model, x), profile, settings)
+    shared = seed_plans(Space.build(model, x, kinds=["prune", "quant", "share"]), profile, settings)
+    assert len(shared) == 2 * len(plain)
+    first, second = shared[:len(plain)], shared[len(plain):]
+    assert [p.prune for _, p in first] == [p.prune for _, p in second] == [p.prune for _, p in plain]
+    assert all(set(p.of("share").values()) <= {0} for _, p in first)
+    assert all(set(p.of("share").values()) == {6} and text.endswith("+ share 6") for text, p in second)
