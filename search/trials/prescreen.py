@@ -65,6 +65,7 @@ def structure_figures(ctx: SearchContext, model: nn.Module, plan: Plan, out_dir:
         onnx_path = export_onnx(model, ctx.space.example_input, work / "model_fp32.onnx")
         path = quantize(onnx_path, work / "model.onnx", ctx.space.precisions(plan), ctx.data.calib,
                         settings=ctx.space.quant_spec.settings)
+        path = ctx.target.build(path)
         figures: dict[str, float] = {}
         for evaluator in ctx.evaluators:
             if ACCURACY not in evaluator.metrics:
