@@ -64,7 +64,10 @@ def load_config(overrides: list[str]) -> DictConfig:
             cfg = compose(config_name="config", overrides=overrides)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UsageError(f"config: {str(exc).splitlines()[0]}") from exc
+        lines = str(exc).splitlines()
+        # Hydra lists a group's options on the lines after "Could not find 'group/option'"
+        options = [line.strip() for line in lines[1:] if line.startswith("\t")]
+        raise UsageError(f"config: {lines[0]}" + (f"; allowed: {', '.join(options)}" if options else "")) from exc
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UsageError(f"config: {', '.join(missing)} must be set (e.g. {missing[0]}=yourpkg.module.factory)")
