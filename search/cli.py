@@ -1,6 +1,7 @@
 """``autosqueeze <command> [hydra overrides]``: the only code that sees Hydra's DictConfig."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -65,8 +66,9 @@ def load_config(overrides: list[str]) -> DictConfig:
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         lines = str(exc).splitlines()
-        # Hydra lists a group's options on the lines after "Could not find 'group/option'"
-        options = [line.strip() for line in lines[1:] if line.startswith("\t")]
+        # after "Could not find 'group/option'" Hydra lists the group's options, then its search path
+        listed = next((i for i, line in enumerate(lines) if line.startswith("Available options")), len(lines))
+        options = [line.strip() for line in itertools.takewhile(lambda l: l.startswith("\t"), lines[listed + 1:])]
         raise UsageError(f"config: {lines[0]}" + (f"; allowed: {', '.join(options)}" if options else "")) from exc
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
