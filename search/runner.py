@@ -14,7 +14,7 @@ import optuna
 import torch
 
 from evaluators.base import check_metrics
-from search.deploy.targets.base import check_supported
+from search.deploy.targets.base import Source, check_supported
 from search.deploy.targets.onnxruntime import OnnxRuntime
 from search.gate import Gate
 from search.inspect import pareto
@@ -155,7 +155,7 @@ def _baseline_file(model: nn.Module, example: torch.Tensor, folder: Path, target
     Local workers may be timing the previous copy. Returns the artifact.
     """
     partial = export_onnx(model, example, folder / f".model-{os.getpid()}.onnx")
-    built = target.build(partial)
+    built = target.build(Source(onnx=partial, model=model, example=example))
     for part in dict.fromkeys((*target.files(built), partial)):  # the ONNX last: complexity counts on it
         os.replace(part, folder / f"model{part.suffix}")
     return folder / f"model{built.suffix}"

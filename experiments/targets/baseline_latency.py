@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from evaluators.base import EvalData  # noqa: E402
 from evaluators.latency import interleaved  # noqa: E402
 from experiments.machine import markdown  # noqa: E402
+from search.deploy.targets.base import Source  # noqa: E402
 from search.deploy.targets.openvino import OpenVINO  # noqa: E402
 from search.trials.onnx_export import export_onnx  # noqa: E402
 from zoo.models import resnet_small  # noqa: E402
@@ -41,7 +42,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(model, torch.from_numpy(data.inputs[:1]), Path(tmp) / "model.onnx")
-        ir = OpenVINO().build(onnx_path)
+        ir = OpenVINO().build(Source(onnx=onnx_path))
         for round_ in range(args.rounds):
             ort_t, ov_t = interleaved([onnx_path, ir], data, warmup=args.warmup, runs=args.runs, threads=1)
             rows.append((round_, ort_t["latency_ms"], ov_t["latency_ms"], ort_t["latency_ms"] / ov_t["latency_ms"],

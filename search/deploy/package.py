@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from search.deploy.targets.base import predict_source, target_for
+from search.deploy.targets.base import Source, predict_source, target_for
 
 if TYPE_CHECKING:
     from evaluators.base import EvalData, Evaluator
@@ -142,7 +142,7 @@ def copy_files(result: TrialResult, out_dir: Path, *, include_fp32: bool, target
     names = _copy_artifact(target.files(Path(result.model_path)), out_dir, "model")
     fp32 = Path(result.model_path).with_name(FP32)
     if include_fp32 and fp32.is_file():
-        names += _copy_artifact(target.files(target.build(fp32)), out_dir, "model_fp32")
+        names += _copy_artifact(target.files(target.build(Source(onnx=fp32))), out_dir, "model_fp32")
     elif include_fp32:
         raise FileNotFoundError(f"trial {result.number}: {fp32} is missing; export.include_fp32=false ships "
                                 "the package without the fp32 fallback")

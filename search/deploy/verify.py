@@ -16,7 +16,8 @@ other flags runs other int8 kernels (VNNI, AMX, AVX2's saturating multiply-add),
 flip a few samples, so there ``accuracy_tolerance`` points are allowed and the line says why.
 
 Only numpy, the package's runtime (its manifest's ``target``, opened through the evaluators) and
-the standard library are used here; torch is never imported.
+the standard library are used here; torch is imported only for a target whose runtime needs it
+(ExecuTorch's Python runtime links libtorch).
 """
 from __future__ import annotations
 
@@ -37,8 +38,10 @@ from evaluators.base import EvalData
 from evaluators.latency import Latency, interleaved
 from search.deploy.package import MANIFEST, MODEL, PREDICT, cpu_info, data_fingerprint, file_sha256
 from search.deploy.predict_template import preprocess
+from search.deploy.targets.base import target_named
 
 # Runs predict.py as a deploy target would: isolated mode, and torch made unimportable.
+WITH_TORCH = "import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
 NO_TORCH = ("import runpy, sys\n"
             "sys.modules.update(dict.fromkeys(('torch', 'torchvision'), None))\n"
             "sys.argv = sys.argv[1:]\n"
@@ -208,12 +211,15 @@ def raw_images(inputs: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray | None
     return raw if same else None
 
 
-def run_predict(folder: Path, images: np.ndarray, timeout: float) -> subprocess.CompletedProcess[str]:
-    """``predict.py images.npy`` in a fresh isolated interpreter with a bare environment and no torch."""
+def run_predict(folder: Path, images: np.ndarray, timeout: float, *,
+                torch_free: bool = True) -> subprocess.CompletedProcess[str]:
+    """``predict.py images.npy`` in a fresh isolated interpreter with a bare environment and, unless the
+    target's runtime needs it (ExecuTorch's Python runtime links libtorch), no torch."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "samples.npy"
         np.save(path, images)
-        command = [sys.executable, "-I", "-c", NO_TORCH, str(folder / PREDICT), str(path)]
+        wrapper = NO_TORCH if torch_free else WITH_TORCH
+        command = [sys.executable, "-I", "-c", wrapper, str(folder / PREDICT), str(path)]
         return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout,
                               env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
 
@@ -225,7 +231,9 @@ def check_predict(folder: Path, manifest: Mapping[str, Any], data: EvalData, set
     expected = [int(np.asarray(session.run(inputs[i:i + 1])).argmax()) for i in range(len(inputs))]
     raw = raw_images(inputs, manifest.get("preprocessing") or {})
     kind = f"{len(inputs)} raw uint8 images" if raw is not None else f"{len(inputs)} preprocessed samples"
-    done = run_predict(folder, raw if raw is not None else inputs, settings.predict_timeout)
+    runtime = manifest.get("target", "onnxruntime")
+    torch_free = target_named(runtime).torch_free
+    done = run_predict(folder, raw if raw is not None else inputs, settings.predict_timeout, torch_free=torch_free)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return Check("predict", False, f"predict.py exited {done.returncode} on {kind}: {last}")
@@ -235,8 +243,8 @@ def check_predict(folder: Path, manifest: Mapping[str, Any], data: EvalData, set
         return Check("predict", False, f"predict.py printed unreadable lines: {done.stdout[:200]!r}")
     matches = sum(p == e for p, e in zip(printed, expected))
     ok = len(printed) == len(expected) and matches == len(expected)
-    runtime = manifest.get("target", "onnxruntime")
-    return Check("predict", ok, f"predict.py (no torch) on {kind}: {matches}/{len(expected)} classes match "
+    where = "no torch" if torch_free else "torch allowed: the runtime links it"
+    return Check("predict", ok, f"predict.py ({where}) on {kind}: {matches}/{len(expected)} classes match "
                                 f"{runtime}'s arg-max {expected}; printed {printed}")
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import optuna
 
+from search.deploy.targets.base import Source
 from search.trials.onnx_export import export_onnx
 from spaces.quantization import quantize
 
@@ -65,7 +66,8 @@ def structure_figures(ctx: SearchContext, model: nn.Module, plan: Plan, out_dir:
         onnx_path = export_onnx(model, ctx.space.example_input, work / "model_fp32.onnx")
         path = quantize(onnx_path, work / "model.onnx", ctx.space.precisions(plan), ctx.data.calib,
                         settings=ctx.space.quant_spec.settings)
-        path = ctx.target.build(path)
+        path = ctx.target.build(Source(onnx=path, model=model, precisions=ctx.space.precisions(plan),
+                                       example=ctx.space.example_input, calib=ctx.data.calib))
         figures: dict[str, float] = {}
         for evaluator in ctx.evaluators:
             if ACCURACY not in evaluator.metrics:

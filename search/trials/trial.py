@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
+from search.deploy.targets.base import Source
 from search.deploy.targets.onnxruntime import OnnxRuntime
 from search.trials.early_stop import HopelessTrial
 from search.trials.finetune import FinetuneSettings, Logger, finetune
@@ -163,7 +164,8 @@ def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable
     with clock.stage("quantize"):
         model_path = quantize(fp32_path, out_dir / "model.onnx", ctx.space.precisions(plan), ctx.data.calib,
                               settings=ctx.space.quant_spec.settings)
-        model_path = ctx.target.build(model_path)
+        model_path = ctx.target.build(Source(onnx=model_path, model=model, precisions=ctx.space.precisions(plan),
+                                             example=ctx.space.example_input, calib=ctx.data.calib))
     with clock.stage("evaluate"):
         metrics = measure(model_path, ctx.data.val, ctx.evaluators)
         metrics.update(relative(metrics, ctx.baseline_metrics))

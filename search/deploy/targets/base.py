@@ -17,24 +17,47 @@ without OpenVINO can run an ONNX Runtime study.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 TARGETS: Mapping[str, str] = {
     "onnxruntime": "search.deploy.targets.onnxruntime:OnnxRuntime",
     "openvino": "search.deploy.targets.openvino:OpenVINO",
+    "executorch": "search.deploy.targets.executorch:ExecuTorch",
 }
 """Target name -> ``module:class``, built with its defaults."""
 
-SUFFIXES: Mapping[str, str] = {".onnx": "onnxruntime", ".xml": "openvino"}
+SUFFIXES: Mapping[str, str] = {".onnx": "onnxruntime", ".xml": "openvino", ".pte": "executorch"}
 """An artifact's file suffix -> the target that runs it."""
 
 MEASURABLE = ("accuracy", "size_bytes", "compressed_bytes", "latency_ms", "latency_p90_ms", "latency_cv",
               "latency_raw_ms", "baseline_raw_ms", "params", "macs",
               "accuracy_drop", "size_ratio", "compressed_ratio", "speedup")
 """What every evaluator and derived figure reports; a target lists the subset it can measure."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a target builds an artifact from.
+
+    ``onnx`` is always there: the trial's QDQ ONNX file (or a pruned fp32 one), and the artifact is
+    written beside it with the same stem. A target that compiles from torch (ExecuTorch) also gets the
+    pruned, fine-tuned ``model``, the planned ``precisions`` per layer, an ``example`` input and the
+    calibration samples; where there is no model (the fp32 fallback at export) they are left empty.
+    """
+
+    onnx: Path
+    model: nn.Module | None = None
+    precisions: Mapping[str, str] = field(default_factory=dict)
+    example: torch.Tensor | None = None
+    calib: np.ndarray | None = None
 
 
 class Session(Protocol):
@@ -62,9 +85,11 @@ class Target(Protocol):
     metrics: tuple[str, ...]
     requirements: tuple[str, ...]
     """Distributions ``predict.py`` needs (pinned to the installed versions in the package)."""
+    torch_free: bool
+    """Whether ``predict.py`` runs where torch cannot be imported (``verify`` checks that it does)."""
 
-    def build(self, onnx_path: Path) -> Path:
-        """The artifact for ``onnx_path`` (a pruned, possibly QDQ-quantized model), written beside it."""
+    def build(self, source: Source) -> Path:
+        """The artifact for ``source``, written beside ``source.onnx``."""
         ...
 
     def open(self, artifact: Path, *, threads: int) -> Session:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from search.deploy.targets.base import MEASURABLE
+from search.deploy.targets.base import MEASURABLE, Source
 
 
 def make_session(model_path: Path, *, threads: int, inter_threads: int = 1) -> ort.InferenceSession:
@@ -51,9 +51,10 @@ class OnnxRuntime:
     activation_types: tuple[str, ...] = ("uint8", "int8")
     metrics: tuple[str, ...] = MEASURABLE
     requirements: tuple[str, ...] = ("onnxruntime",)
+    torch_free: bool = True
 
-    def build(self, onnx_path: Path) -> Path:
-        return Path(onnx_path)
+    def build(self, source: Source) -> Path:
+        return Path(source.onnx)
 
     def open(self, artifact: Path, *, threads: int) -> OrtSession:
         return OrtSession(make_session(artifact, threads=threads))

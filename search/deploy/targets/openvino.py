@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.deploy.targets.base import MEASURABLE
+from search.deploy.targets.base import MEASURABLE, Source
 
 COMPILE = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 """Latency hint (no request batching or streams); f32 because the CPU plugin's default on
@@ -48,13 +48,14 @@ class OpenVINO:
     activation_types: tuple[str, ...] = ("uint8", "int8")
     metrics: tuple[str, ...] = MEASURABLE
     requirements: tuple[str, ...] = ("openvino",)
+    torch_free: bool = True
 
-    def build(self, onnx_path: Path) -> Path:
-        """``<stem>.xml`` + ``<stem>.bin`` beside ``onnx_path``; weights kept as stored (no fp16 compression)."""
+    def build(self, source: Source) -> Path:
+        """``<stem>.xml`` + ``<stem>.bin`` beside the ONNX file; weights kept as stored (no fp16 compression)."""
         import openvino as ov
 
-        xml = Path(onnx_path).with_suffix(self.suffix)
-        model = ov.Core().read_model(str(onnx_path))
+        xml = Path(source.onnx).with_suffix(self.suffix)
+        model = ov.Core().read_model(str(source.onnx))
         ov.save_model(model, str(xml), compress_to_fp16=False)  # the default would halve every fp32 weight
         return xml
 

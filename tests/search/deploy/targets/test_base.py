@@ -8,7 +8,7 @@ import pytest
 
 from search.cli import main
 from search.deploy.targets import TARGETS, UnsupportedError, check_supported, target_for, target_named
-from search.deploy.targets.base import predict_source
+from search.deploy.targets.base import Source, predict_source
 from search.deploy.targets.onnxruntime import OnnxRuntime
 from spaces.base import PRECISIONS
 
@@ -27,7 +27,7 @@ def test_every_target_declares_known_precisions_and_renders_a_predict_py(name):
 
 def test_onnxruntime_ships_the_qdq_file_itself(tmp_path):
     path = tmp_path / "model.onnx"
-    assert OnnxRuntime().build(path) == path and OnnxRuntime().files(path) == (path,)
+    assert OnnxRuntime().build(Source(onnx=path)) == path and OnnxRuntime().files(path) == (path,)
     assert target_for(path).name == "onnxruntime"
 
 

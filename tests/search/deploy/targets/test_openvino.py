@@ -16,7 +16,7 @@ pytest.importorskip("openvino")
 
 from evaluators import Accuracy, Latency, Objective, Size  # noqa: E402
 from search.deploy.export import ExportSettings, export_command  # noqa: E402
-from search.deploy.targets import UnsupportedError, check_supported, target_for  # noqa: E402
+from search.deploy.targets import Source, UnsupportedError, check_supported, target_for  # noqa: E402
 from search.deploy.targets.openvino import OpenVINO  # noqa: E402
 from search.deploy.verify import VerifySettings, verify_package  # noqa: E402
 from search.runner import Job, run_search  # noqa: E402
@@ -45,7 +45,8 @@ def built(tmp_path_factory, small_splits):
     fp32 = export_onnx(model, torch.from_numpy(small_splits.val.inputs[:1]), tmp / "model_fp32.onnx")
     qdq = quantize(fp32, tmp / "model.onnx", {**dict.fromkeys(INT8, "int8"), KEPT: "fp32"}, small_splits.calib)
     target = OpenVINO()
-    return model, {"fp32": fp32, "qdq": qdq}, {"fp32": target.build(fp32), "qdq": target.build(qdq)}
+    onnx = {"fp32": fp32, "qdq": qdq}
+    return model, onnx, {kind: target.build(Source(onnx=path)) for kind, path in onnx.items()}
 
 
 def test_the_ir_is_an_xml_and_a_bin_that_openvino_runs_without_torch_or_onnxruntime(built, tmp_path, small_splits):
