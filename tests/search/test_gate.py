@@ -87,3 +87,9 @@ def test_bad_syntax_exits_2_before_any_trial(tmp_path, monkeypatch, capsys, requ
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and fragment in err, err
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_searched_study_refuses_another_target(root, capsys):
+    code = main(["search", *SEARCHED, f"paths.root={root}/outputs", "target=openvino"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "target._target_" in err, err

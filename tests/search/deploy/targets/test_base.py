@@ -20,8 +20,10 @@ def test_every_target_declares_known_precisions_and_renders_a_predict_py(name):
     assert target.name == name and set(target.precisions) <= set(PRECISIONS)
     source = predict_source(target)
     tree = ast.parse(source)  # a whole, valid script
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    assert set(target.requirements) <= imported and "torch" not in imported
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert set(target.requirements) <= imported and (target.torch_free == ("torch" not in imported))
     assert source.count("# <runtime>") == 1 and "NotImplementedError" not in source
 
 
@@ -51,3 +53,12 @@ def test_an_unknown_target_group_exits_2(tmp_path, monkeypatch, capsys):
     assert main(["search", "target=tensorrt", "tracking=none"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "target/tensorrt" in err and "onnxruntime" in err, err
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_each_config_group_builds_its_target(name):
+    from hydra.utils import instantiate
+
+    from search.cli import load_config
+
+    assert instantiate(load_config([f"target={name}"]).target) == target_named(name)
