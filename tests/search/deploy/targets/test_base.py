@@ -22,7 +22,8 @@ def test_every_target_declares_known_precisions_and_renders_a_predict_py(name):
     tree = ast.parse(source)  # a whole, valid script
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
     assert set(target.requirements) <= imported and (target.torch_free == ("torch" not in imported))
     assert source.count("# <runtime>") == 1 and "NotImplementedError" not in source
 

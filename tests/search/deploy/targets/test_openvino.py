@@ -25,7 +25,9 @@ from search.trials.finetune import FinetuneSettings  # noqa: E402
 from search.trials.onnx_export import export_onnx  # noqa: E402
 from spaces.quantization import quantize  # noqa: E402
 from spaces.space import PruneSpec, QuantSpec  # noqa: E402
-from stores import baseline_cache  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from search.inspect.tracking import TrackingSettings  # noqa: E402
+from stores import baseline_cache, fresh_mlflow_store  # noqa: E402
 from tinynet import tiny_net  # noqa: E402
 
 INT8, KEPT = ("stem.0", "layer1.conv1", "layer1.conv2", "down.0", "layer2.conv1", "fc"), "layer2.conv2"
@@ -117,10 +119,20 @@ def package(tmp_path_factory, small_splits):
               search=SearchSettings(study_name="ov", n_trials=2, sampler="random"), run_dir=tmp / "run",
               cache_dir=baseline_cache(tmp_path_factory), model_key="tiny-60",
               baseline_training=FinetuneSettings(steps=60, log_every=20), prune=PruneSpec(ratios=(0.0, 0.25)),
-              quant=QuantSpec(precisions=("fp32", "int8")), tracking=None, target=OpenVINO())
+              quant=QuantSpec(precisions=("fp32", "int8")), target=OpenVINO(),
+              tracking=TrackingSettings(uri=fresh_mlflow_store(tmp_path_factory, tmp, "ov"), experiment="ov"))
     run_search(job)
-    assert export_command(job, ExportSettings(trial=1, out=str(tmp / "run" / "deploy"), registered_name=None)) == 0
+    assert export_command(job, ExportSettings(trial=1, out=str(tmp / "run" / "deploy"), registered_name="ov-reg")) == 0
     return job, tmp / "run" / "deploy"
+
+
+def test_the_registered_version_holds_the_ir(package):
+    job, _ = package
+    client = MlflowClient(job.tracking.uri)
+    version = client.get_model_version("ov-reg", "1")
+    assert version.tags["trial"] == "1"
+    listed = {Path(f.path).name for f in client.list_artifacts(version.run_id, "model")}
+    assert listed == {"model.xml", "model.bin"}
 
 
 def test_trials_and_baseline_are_measured_on_irs(package):
