@@ -39,8 +39,9 @@ SUFFIXES: Mapping[str, str] = {".onnx": "onnxruntime", ".xml": "openvino", ".pte
 
 MEASURABLE = ("accuracy", "size_bytes", "compressed_bytes", "latency_ms", "latency_p90_ms", "latency_cv",
               "latency_raw_ms", "baseline_raw_ms", "params", "macs",
-              "accuracy_drop", "size_ratio", "compressed_ratio", "speedup")
-"""What every evaluator and derived figure reports; a target lists the subset it can measure."""
+              "accuracy_drop", "size_ratio", "compressed_ratio", "speedup", "test_accuracy", "test_accuracy_drop")
+"""What every evaluator and derived figure reports (test figures once the search ends); a target lists the
+subset it can measure."""
 
 
 @dataclass(frozen=True)
