@@ -1,24 +1,36 @@
-"""One place that opens ONNX Runtime sessions, so every evaluator runs the model the same way.
+"""The one place evaluators reach a runtime: the artifact's target opens it.
 
-CPU only, full graph optimisation (what a deployment would use), sequential
-execution, and explicit thread counts so measurements do not depend on how many
-cores the machine happens to have.
+Evaluators never import a runtime. The file itself says which target made it (its suffix, see
+``search/deploy/targets/base.py``), so the same evaluator scores an ONNX file with ONNX Runtime
+and an OpenVINO IR with OpenVINO, and pairs a candidate with a baseline of the same kind.
+The targets are imported on first use: they sit above the evaluators, and most of them pull
+a runtime in.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnxruntime as ort
+if TYPE_CHECKING:
+    from search.deploy.targets.base import Session
 
 
-def make_session(model_path: Path, *, threads: int, inter_threads: int = 1) -> ort.InferenceSession:
-    """Open ``model_path`` on the CPU provider with ``threads`` intra-op threads."""
-    if threads < 1 or inter_threads < 1:
-        raise ValueError(f"thread counts must be >= 1, got threads={threads}, inter_threads={inter_threads}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = inter_threads
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: QDQ graphs log harmless warnings
-    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+def open_session(artifact: Path, *, threads: int) -> Session:
+    """A session on ``artifact`` with ``threads`` inference threads, in the runtime that made it."""
+    from search.deploy.targets.base import target_for
+
+    return target_for(artifact).open(Path(artifact), threads=threads)
+
+
+def artifact_files(artifact: Path) -> tuple[Path, ...]:
+    """Every file ``artifact`` consists of (an OpenVINO IR is two), ``artifact`` first."""
+    from search.deploy.targets.base import target_for
+
+    return target_for(artifact).files(Path(artifact))
+
+
+def graph_file(artifact: Path) -> Path:
+    """The ONNX graph ``artifact`` was built from: shapes and weights counted on it describe the artifact."""
+    from search.deploy.targets.base import source_onnx
+
+    return source_onnx(artifact)

@@ -1,4 +1,4 @@
-"""Top-1 accuracy of the exported ONNX model, run by ONNX Runtime on the CPU."""
+"""Top-1 accuracy of the shipped artifact, run by its target's runtime on the CPU."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluators._session import make_session
+from evaluators._session import open_session
 from evaluators.base import EvalData
 
 
@@ -32,19 +32,18 @@ class Accuracy:
     def measure(self, model_path: Path, data: EvalData) -> dict[str, float]:
         if len(data.labels) == 0:
             raise ValueError("accuracy: no eval samples")
-        session = make_session(model_path, threads=self.threads)
-        model_input = session.get_inputs()[0]
-        fixed = model_input.shape[0] if model_input.shape else None
-        batch = fixed if isinstance(fixed, int) and fixed > 0 else self.batch_size
+        session = open_session(model_path, threads=self.threads)
+        fixed = session.batch
+        batch = fixed or self.batch_size
         inputs = data.inputs.astype(np.float32, copy=False)
         correct = 0
         for start in range(0, len(inputs), batch):
             chunk = inputs[start:start + batch]
             real = len(chunk)
-            if isinstance(fixed, int) and real < batch:
+            if fixed and real < batch:
                 pad = np.zeros((batch - real, *chunk.shape[1:]), dtype=np.float32)
                 chunk = np.concatenate([chunk, pad])
-            logits = session.run(None, {model_input.name: np.ascontiguousarray(chunk)})[0]
+            logits = session.run(np.ascontiguousarray(chunk))
             predicted = np.asarray(logits).reshape(len(chunk), -1)[:real].argmax(axis=1)
             correct += int((predicted == data.labels[start:start + real]).sum())
         return {"accuracy": 100.0 * correct / len(data.labels)}

@@ -14,6 +14,7 @@ from typing import Sequence
 import onnx
 from onnx import shape_inference
 
+from evaluators._session import graph_file
 from evaluators.base import EvalData
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -32,7 +33,8 @@ class Complexity:
     metrics: tuple[str, ...] = field(default=("params", "macs"), init=False, repr=False)
 
     def measure(self, model_path: Path, data: EvalData) -> dict[str, float]:
-        graph = _Graph(onnx.load(str(model_path), load_external_data=False))  # shapes only, no weights
+        # shapes only, no weights; an artifact of another runtime is counted on the ONNX it was built from
+        graph = _Graph(onnx.load(str(graph_file(model_path)), load_external_data=False))
         params: dict[str, int] = {}  # stored initializer -> elements, so shared weights count once
         macs = 0
         for node in graph.nodes:

@@ -1,4 +1,4 @@
-"""Batch-1 CPU latency of the exported model, on real samples, one thread by default.
+"""Batch-1 CPU latency of the shipped artifact in its target's runtime, on real samples, one thread.
 
 One thread and sequential execution make the number reproducible and comparable
 across machines with different core counts; the median resists outliers, p90 and the
@@ -19,7 +19,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from evaluators._session import make_session
+from evaluators._session import open_session
 from evaluators.base import EvalData
 
 SAMPLES = 8
@@ -27,9 +27,9 @@ SAMPLES = 8
 
 
 class Runnable(Protocol):
-    """The part of ``ort.InferenceSession`` the timing loop uses."""
+    """The part of a target's session the timing loop uses."""
 
-    def run(self, output_names: Any, input_feed: dict[str, np.ndarray]) -> Any: ...
+    def run(self, inputs: np.ndarray) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -87,14 +87,14 @@ def interleaved(paths: Sequence[Path], data: EvalData, *, warmup: int, runs: int
     _check_counts(warmup, runs)
     if len(data.inputs) == 0:
         raise ValueError("latency: no eval samples to time on")
-    sessions = [make_session(path, threads=threads) for path in paths]
+    sessions = [open_session(path, threads=threads) for path in paths]
     samples = [np.ascontiguousarray(data.inputs[i:i + 1], dtype=np.float32)
                for i in range(min(SAMPLES, len(data.inputs)))]
-    feeds = [[{session.get_inputs()[0].name: sample} for sample in samples] for session in sessions]
+    feeds = [samples for _ in sessions]
     return [summarize(row) for row in time_runs(sessions, feeds, warmup=warmup, runs=runs)]
 
 
-def time_runs(sessions: Sequence[Runnable], feeds: Sequence[Sequence[dict[str, np.ndarray]]], *,
+def time_runs(sessions: Sequence[Runnable], feeds: Sequence[Sequence[np.ndarray]], *,
               warmup: int, runs: int) -> np.ndarray:
     """Nanoseconds per timed run, shape ``(len(sessions), runs)``; ``feeds[i]`` is cycled for session i."""
     count = len(sessions)
@@ -107,7 +107,7 @@ def time_runs(sessions: Sequence[Runnable], feeds: Sequence[Sequence[dict[str, n
                 index = (step + offset) % count
                 feed = feeds[index][step % len(feeds[index])]
                 start = time.perf_counter_ns()
-                sessions[index].run(None, feed)
+                sessions[index].run(feed)
                 elapsed = time.perf_counter_ns() - start
                 if step >= warmup:
                     timings[index, step - warmup] = elapsed

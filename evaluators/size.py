@@ -13,6 +13,7 @@ from typing import Iterator
 import onnx
 import zstandard
 
+from evaluators._session import artifact_files
 from evaluators.base import EvalData
 
 LEVELS = {"zstd": range(1, 23), "lzma": range(0, 10)}
@@ -21,7 +22,7 @@ LEVELS = {"zstd": range(1, 23), "lzma": range(0, 10)}
 
 @dataclass(frozen=True)
 class Size:
-    """``size_bytes`` of the .onnx file and ``compressed_bytes`` after ``compressor``.
+    """``size_bytes`` of the artifact's files and ``compressed_bytes`` after ``compressor``.
 
     The model must be one self-contained file: weights stored as ONNX external data
     would not be counted, so such a model is rejected rather than under-reported.
@@ -40,8 +41,10 @@ class Size:
                              f"got {self.level}")
 
     def measure(self, model_path: Path, data: EvalData) -> dict[str, float]:
-        check_single_file(model_path)
-        raw = Path(model_path).read_bytes()
+        files = artifact_files(model_path)
+        if Path(model_path).suffix == ".onnx":
+            check_single_file(model_path)
+        raw = b"".join(path.read_bytes() for path in files)  # an IR's .xml and .bin are shipped together
         return {"size_bytes": float(len(raw)), "compressed_bytes": float(len(self.compress(raw)))}
 
     def compress(self, raw: bytes) -> bytes:

@@ -1,13 +1,14 @@
 """``autosqueeze <command> [hydra overrides]``: the only code that sees Hydra's DictConfig."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
 import warnings
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException, InstantiationException
@@ -31,6 +32,10 @@ from search.records.secrets import redact
 from search.records.storage import HeartbeatSettings
 from search.study import LOCAL_WORKER_ENV, SearchSettings
 from search.inspect.tracking import TrackingSettings
+
+if TYPE_CHECKING:
+    from search.gate import Gate
+    from search.trials.trial import TrialResult
 
 USAGE = """usage: autosqueeze COMMAND [KEY=VALUE ...]
        autosqueeze verify PACKAGE [KEY=VALUE ...]
@@ -58,7 +63,11 @@ def load_config(overrides: list[str]) -> DictConfig:
             cfg = compose(config_name="config", overrides=overrides)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UsageError(f"config: {str(exc).splitlines()[0]}") from exc
+        lines = str(exc).splitlines()
+        # after "Could not find 'group/option'" Hydra lists the group's options, then its search path
+        listed = next((i for i, line in enumerate(lines) if line.startswith("Available options")), len(lines))
+        options = [line.strip() for line in itertools.takewhile(lambda l: l.startswith("\t"), lines[listed + 1:])]
+        raise UsageError(f"config: {lines[0]}" + (f"; allowed: {', '.join(options)}" if options else "")) from exc
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UsageError(f"config: {', '.join(missing)} must be set (e.g. {missing[0]}=yourpkg.module.factory)")
@@ -175,6 +184,7 @@ def build_job(cfg: DictConfig):
     tracking = None if cfg.tracking.uri is None else TrackingSettings(**plain(cfg.tracking))
     make_model: Callable = partial(instantiate, cfg.model.factory)
     train = plain(cfg.model.get("train"))
+    gate = gate_of(cfg)  # a bad requirement is reported before the data is loaded
     data = data_splits(cfg)
     job = Job(make_model=make_model, data=data, evaluators=evaluators, objectives=objectives,
               constraints=constraints, search=search, run_dir=Path(cfg.paths.run_dir),
@@ -190,9 +200,18 @@ def build_job(cfg: DictConfig):
               early_stop=EarlyStop(**plain(cfg.search.get("early_stop") or {})),
               prescreen=Prescreen(**plain(cfg.search.get("prescreen") or {})),
               profile=ProfileSettings(**plain(cfg.search.get("profile") or {})),
-              settings_params=settings_params(cfg), config=record(plain(cfg)))
+              settings_params=settings_params(cfg), config=record(plain(cfg)),
+              target=instantiate(cfg.target), gate=gate)
     job.check()
     return job
+
+
+def gate_of(cfg: DictConfig) -> Gate | None:
+    """The CI gate ``gate.require`` asks for, or None."""
+    from search.gate import Gate
+
+    require = plain(OmegaConf.select(cfg, "gate.require"))
+    return None if require is None else Gate(require=require)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -223,7 +242,20 @@ def cmd_search(cfg: DictConfig, overrides: list[str]) -> int:
     print("\n" + next_steps(outcome.front, located=located(cfg, overrides), constraints=job.constraints,
                             tracking_uri=job.tracking.uri if job.tracking else None,
                             size=size_metric(job.objectives)))
-    return outcome.exit_code
+    if job.gate is None or outcome.exit_code != 0:
+        return outcome.exit_code
+    return report_gate(job.gate, outcome.front)
+
+
+def report_gate(gate: Gate, front: Sequence[TrialResult]) -> int:
+    """The gate's JSON line (last on stdout) and, when it fails, one line on stderr and exit 3."""
+    from search.gate import EXIT_NOT_MET, verdict_lines
+
+    verdict = gate.verdict(front)
+    machine, person = verdict_lines(verdict)
+    print(person, file=sys.stdout if verdict["gate"] == "met" else sys.stderr)
+    print(machine)
+    return 0 if verdict["gate"] == "met" else EXIT_NOT_MET
 
 
 def located(cfg: DictConfig, overrides: list[str]) -> list[str]:

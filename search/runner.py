@@ -14,6 +14,9 @@ import optuna
 import torch
 
 from evaluators.base import check_metrics
+from search.deploy.targets.base import Source, check_supported
+from search.deploy.targets.onnxruntime import OnnxRuntime
+from search.gate import Gate
 from search.inspect import pareto
 from search.baseline import load_checkpoint, trained_baseline
 from search.budget import interruptible
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from evaluators.base import Constraint, Evaluator, Objective
+    from search.deploy.targets.base import Target
     from zoo.data import DataSplits
 
 log = logging.getLogger("autosqueeze")
@@ -81,6 +85,8 @@ class Job:
     profile: ProfileSettings | None = field(default_factory=ProfileSettings)  # None: no profile, seeds or narrowing
     settings_params: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)  # the composed config, recorded on a new study
+    target: Target = field(default_factory=OnnxRuntime)  # the runtime the artifacts are built for and measured in
+    gate: Gate | None = None  # requirements the front must meet, else the search exits non-zero
 
     @property
     def storage_url(self) -> str:
@@ -90,6 +96,12 @@ class Job:
         """Config errors that need no model: raise before any training."""
         available = [m for e in self.evaluators for m in e.metrics] + list(DERIVED)
         check_metrics(self.objectives, self.constraints, available)
+        asked = [o.metric for o in self.objectives] + [c.metric for c in self.constraints]
+        check_supported(self.target, precisions=self.quant.precisions,
+                        activation_type=self.quant.settings.activation_type,
+                        metrics=asked + (list(self.gate.require) if self.gate else []), kinds=self.kinds)
+        if self.gate:
+            self.gate.check(available)
         if not (self.checkpoint or self.trained or self.baseline_training is not None):
             raise ValueError(NO_BASELINE)
 
@@ -132,23 +144,27 @@ def build_context(job: Job, study: optuna.Study, prepared: tuple[nn.Module, Spac
     its candidates against its own copy, never against a number another machine measured.
     """
     model, space = prepared or prepare(job)
-    path = _baseline_file(model, space.example_input, _mkdir(job.run_dir / "baseline"))
+    path = _baseline_file(model, space.example_input, _mkdir(job.run_dir / "baseline"), job.target)
     metrics = study.user_attrs.get("baseline")
     if metrics is None:
         metrics = measure(path, job.data.val, job.evaluators)
         study.set_user_attr("baseline", metrics)
-        study.set_user_attr("baseline_sha256", sha256_of(path))
+        study.set_user_attr("baseline_sha256", sha256_of(*job.target.files(path)))
     return SearchContext(baseline=model, baseline_metrics=metrics, baseline_path=path, data=job.data,
                          space=space, finetune=job.finetune, evaluators=paired(job.evaluators, path, metrics),
-                         run_dir=job.run_dir, seed=job.search.seed)
+                         run_dir=job.run_dir, seed=job.search.seed, target=job.target)
 
 
-def _baseline_file(model: nn.Module, example: torch.Tensor, folder: Path) -> Path:
-    """``folder/model.onnx``, replaced atomically: local workers may be timing the previous copy."""
-    path = folder / "model.onnx"
+def _baseline_file(model: nn.Module, example: torch.Tensor, folder: Path, target: Target) -> Path:
+    """``folder/model.onnx`` and the target's artifact of it, each file replaced atomically.
+
+    Local workers may be timing the previous copy. Returns the artifact.
+    """
     partial = export_onnx(model, example, folder / f".model-{os.getpid()}.onnx")
-    os.replace(partial, path)
-    return path
+    built = target.build(Source(onnx=partial, model=model, example=example))
+    for part in dict.fromkeys((*target.files(built), partial)):  # the ONNX last: complexity counts on it
+        os.replace(part, folder / f"model{part.suffix}")
+    return folder / f"model{built.suffix}"
 
 
 def paired(evaluators: Sequence[Evaluator], baseline_path: Path, baseline: dict) -> list[Evaluator]:
@@ -226,7 +242,7 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
     if job.config and "config" not in study.user_attrs:
         study.set_user_attr("config", job.config)
     check_fingerprint(study, fingerprint(data=job.data, baseline=prepared[0], constraints=job.constraints,
-                                         evaluators=job.evaluators, finetune=job.finetune))
+                                         evaluators=job.evaluators, finetune=job.finetune, target=job.target.name))
     ctx = build_context(job, study, prepared)
     # Only the search's own trials are stopped early; an export rebuilding a chosen trial never is.
     ctx = replace(ctx, early_stop=stop_rule(job.early_stop, job.constraints, baseline=ctx.baseline,

@@ -23,7 +23,7 @@ from evaluators.base import EvalData  # noqa: E402
 from evaluators.complexity import Complexity  # noqa: E402
 from evaluators.latency import Latency  # noqa: E402
 from evaluators.size import Size  # noqa: E402
-from evaluators._session import make_session  # noqa: E402
+from search.deploy.targets.onnxruntime import make_session  # noqa: E402
 from search.trials.trial import sha256_of  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

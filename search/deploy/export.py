@@ -18,6 +18,7 @@ from search.deploy.package import (FP32, RebuildMismatchError, package_name, ver
 from search.trials.trial import TrialResult, run_trial, sha256_of
 
 if TYPE_CHECKING:
+    from search.deploy.targets.base import Target
     from search.trials.trial import SearchContext
 
 __all__ = ["ExportSelectionError", "ExportSettings", "RebuildMismatchError", "export_command", "rebuild", "select",
@@ -71,10 +72,11 @@ def rebuild(ctx: SearchContext, trial: optuna.trial.FrozenTrial) -> TrialResult:
     return run_trial(ctx, plan, number=trial.number)
 
 
-def trial_files_intact(result: TrialResult, *, include_fp32: bool) -> bool:
+def trial_files_intact(result: TrialResult, *, include_fp32: bool, target: Target) -> bool:
     """The trial's model is still the scored one (and its fp32 sibling exists when it is shipped)."""
     model = Path(result.model_path)
-    if not (model.is_file() and sha256_of(model) == result.sha256):
+    files = target.files(model)
+    if not (all(f.is_file() for f in files) and sha256_of(*files) == result.sha256):
         return False
     return not include_fp32 or model.with_name(FP32).is_file()
 
@@ -90,14 +92,18 @@ def export_command(job: Any, settings: ExportSettings) -> int:
     front = pareto.front(feasible_results(study), job.objectives)
     logged = select(front, settings, results(study))
     shipped, rebuilt_from = logged, None
-    if not trial_files_intact(logged, include_fp32=settings.include_fp32):
+    if Path(logged.model_path).suffix != job.target.suffix:
+        raise ExportSelectionError(f"trial {logged.number} was built for another target ({logged.model_path}); "
+                                   f"export with the target the study was searched with, not {job.target.name}")
+    if not trial_files_intact(logged, include_fp32=settings.include_fp32, target=job.target):
         print(f"trial {logged.number}: its files are gone or changed; rebuilding it from its plan")
         shipped, rebuilt_from = rebuild(build_context(job, study), study.trials[logged.number]), logged
     out = Path(settings.out)
     manifest = write_package(shipped, out_dir=out, data=job.data, evaluators=job.evaluators,
                              baseline=baseline_of(study), study_name=job.search.study_name,
                              include_fp32=settings.include_fp32, logged=rebuilt_from,
-                             accept_rebuilt=settings.accept_rebuilt, config=_data_config(job.config))
+                             accept_rebuilt=settings.accept_rebuilt, config=_data_config(job.config),
+                             target=job.target)
     name = package_name(job.search.study_name, shipped.number)
     archive = write_zip(out, zip_path_for(out, job.search.study_name, shipped.number), name)
     print(summary(manifest, logged, out))
@@ -118,7 +124,7 @@ def summary(manifest: dict, logged: TrialResult, out: Path) -> str:
         rebuilt = " (rebuilt, identical to the logged trial)"
     return (f"exported trial {manifest['trial']} to {out}{rebuilt}: val accuracy {measured['accuracy']:.2f}% "
             f"(logged {logged.metrics['accuracy']:.2f}%){test}, {manifest['metrics']['size_bytes'] / 1e3:.1f} KB, "
-            f"sha256 {manifest['files']['model.onnx'][:12]}")
+            f"sha256 {manifest['files'][manifest.get('model', 'model.onnx')][:12]}")
 
 
 def log_to_mlflow(job: Any, study: optuna.Study, out: Path, archive: Path, manifest: dict,
@@ -129,7 +135,7 @@ def log_to_mlflow(job: Any, study: optuna.Study, out: Path, archive: Path, manif
     tracker = Tracker(job.tracking)
     run_id = tracker.log_export(study.user_attrs.get("mlflow_parent_run_id"), out, manifest, zip_path=archive)
     if run_id and registered_name:
-        version = tracker.register_model(run_id, out / "model.onnx", registered_name, manifest)
+        version = tracker.register_model(run_id, out / manifest.get("model", "model.onnx"), registered_name, manifest)
         if version:
             print(f"registered in MLflow as model {registered_name!r} version {version}")
 

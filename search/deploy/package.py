@@ -3,8 +3,10 @@
 Package layout (the folder, and the zip under one top folder ``<study>-trial<N>/``)::
 
     model.onnx         the trial's quantized model, byte-identical to the one the search scored
-    model_fp32.onnx    the same pruned model before quantization (fallback; export.include_fp32)
-    predict.py         runnable example: numpy + onnxruntime only (source: search/deploy/predict_template.py)
+                       (target=openvino: model.xml + model.bin, the OpenVINO IR the search scored)
+    model_fp32.onnx    the same pruned model before quantization (fallback; export.include_fp32; IR: .xml + .bin)
+    predict.py         runnable example: numpy + the target's runtime only (search/deploy/predict_template.py
+                       with the runtime block of search/deploy/targets/predict_<target>.py)
     requirements.txt   what predict.py needs
     manifest.json      plan, metrics, baseline, preprocessing, input shape, CPU, versions, sha256 of every other file
 
@@ -32,16 +34,20 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from search.deploy.targets.base import Source, predict_source, target_for
+
 if TYPE_CHECKING:
     from evaluators.base import EvalData, Evaluator
+    from search.deploy.targets.base import Target
     from search.trials.trial import TrialResult
     from zoo.data import DataSplits
 
 MANIFEST, MODEL, FP32, PREDICT, REQUIREMENTS = (
     "manifest.json", "model.onnx", "model_fp32.onnx", "predict.py", "requirements.txt")
 PACKAGE_FILES = (MODEL, FP32, PREDICT, REQUIREMENTS, MANIFEST)
-TEMPLATE = Path(__file__).with_name("predict_template.py")
-VERSIONED = ("autosqueeze", "torch", "torch-pruning", "onnx", "onnxruntime", "optuna", "mlflow", "numpy")
+TARGET_FILES = tuple(f"{stem}{suffix}" for stem in ("model", "model_fp32") for suffix in (".xml", ".bin"))
+"""What other targets ship instead of the two .onnx files (an OpenVINO IR is .xml + .bin)."""
+VERSIONED = ("autosqueeze", "torch", "torch-pruning", "onnx", "onnxruntime", "openvino", "optuna", "mlflow", "numpy")
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same package always zips to the same bytes
 FORMAT = 2  # 1: one eval split (the test data) and no cpu entry
 CPUINFO = Path("/proc/cpuinfo")
@@ -100,11 +106,11 @@ def versions() -> dict[str, str]:
     return found
 
 
-def requirements_text(found: Mapping[str, str]) -> str:
-    """ONNX Runtime pinned to the version the manifest's metrics were measured with; numpy loosely."""
-    ort = f"onnxruntime=={found['onnxruntime']}" if "onnxruntime" in found else "onnxruntime"
-    return (f"{ort}  # the version every metric in manifest.json was measured with\n"
-            "numpy>=1.24\n")
+def requirements_text(found: Mapping[str, str], runtimes: Sequence[str] = ("onnxruntime",)) -> str:
+    """The target's runtime pinned to the version the manifest's metrics were measured with; numpy loosely."""
+    pinned = [f"{name}=={found[name]}" if name in found else name for name in runtimes]
+    return "".join(f"{line}  # the version every metric in manifest.json was measured with\n" for line in pinned) + \
+        "numpy>=1.24\n"
 
 
 def zip_path_for(out_dir: Path, study_name: str, trial: int) -> Path:
@@ -119,28 +125,37 @@ def package_name(study_name: str, trial: int) -> str:
 def prepare_folder(out_dir: Path) -> None:
     """An empty or package-only folder: stale package files go, anything else stops the export."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in PACKAGE_FILES)
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in (*PACKAGE_FILES, *TARGET_FILES))
     if foreign:
         raise ValueError(f"export.out={out_dir} holds files that are not part of a package "
                          f"({', '.join(foreign[:5])}); choose an empty or new folder")
-    for name in PACKAGE_FILES:
+    for name in (*PACKAGE_FILES, *TARGET_FILES):
         (out_dir / name).unlink(missing_ok=True)
 
 
-def copy_files(result: TrialResult, out_dir: Path, *, include_fp32: bool) -> list[str]:
-    """Model (and fp32 fallback), predict.py and requirements.txt into ``out_dir``; returns the names."""
-    shutil.copyfile(result.model_path, out_dir / MODEL)
-    names = [MODEL]
+def copy_files(result: TrialResult, out_dir: Path, *, include_fp32: bool, target: Target) -> list[str]:
+    """Model (and fp32 fallback), predict.py and requirements.txt into ``out_dir``; returns the names.
+
+    The artifact's files become ``model.<suffix>``, the first one being the model; the fp32
+    fallback is the trial's pruned ONNX file, built for the target.
+    """
+    names = _copy_artifact(target.files(Path(result.model_path)), out_dir, "model")
     fp32 = Path(result.model_path).with_name(FP32)
     if include_fp32 and fp32.is_file():
-        shutil.copyfile(fp32, out_dir / FP32)
-        names.append(FP32)
+        names += _copy_artifact(target.files(target.build(Source(onnx=fp32))), out_dir, "model_fp32")
     elif include_fp32:
         raise FileNotFoundError(f"trial {result.number}: {fp32} is missing; export.include_fp32=false ships "
                                 "the package without the fp32 fallback")
-    shutil.copyfile(TEMPLATE, out_dir / PREDICT)
-    (out_dir / REQUIREMENTS).write_text(requirements_text(versions()), encoding="utf-8")
+    (out_dir / PREDICT).write_text(predict_source(target), encoding="utf-8")
+    (out_dir / REQUIREMENTS).write_text(requirements_text(versions(), target.requirements), encoding="utf-8")
     return [*names, PREDICT, REQUIREMENTS]
+
+
+def _copy_artifact(files: Sequence[Path], out_dir: Path, stem: str) -> list[str]:
+    names = [f"{stem}{path.suffix}" for path in files]
+    for path, name in zip(files, names):
+        shutil.copyfile(path, out_dir / name)
+    return names
 
 
 def latency_setup(evaluators: Sequence[Evaluator]) -> dict[str, int] | None:
@@ -199,7 +214,8 @@ def check_measured(checked: Mapping[str, float], expected: Mapping[str, float], 
 def write_package(result: TrialResult, *, out_dir: Path, data: DataSplits, evaluators: Sequence[Evaluator],
                   baseline: Mapping[str, float], study_name: str, include_fp32: bool = True,
                   logged: TrialResult | None = None, accept_rebuilt: bool = False,
-                  config: Mapping[str, Any] | None = None, tolerance: float = 1e-9) -> dict[str, Any]:
+                  config: Mapping[str, Any] | None = None, tolerance: float = 1e-9,
+                  target: Target | None = None) -> dict[str, Any]:
     """Fill ``out_dir`` with the package of ``result`` and return its manifest.
 
     ``logged`` is the study's record of the trial when ``result`` was rebuilt from its plan.
@@ -216,10 +232,11 @@ def write_package(result: TrialResult, *, out_dir: Path, data: DataSplits, evalu
     if differs and not accept_rebuilt:
         raise RebuildMismatchError(mismatch_message(result.number, differs))
     record = result if differs else (logged or result)
+    target = target or target_for(Path(result.model_path))
     out_dir = Path(out_dir)
     prepare_folder(out_dir)
-    names = copy_files(result, out_dir, include_fp32=include_fp32)
-    checked = measure_splits(out_dir / MODEL, data, evaluators, baseline)
+    names = copy_files(result, out_dir, include_fp32=include_fp32, target=target)
+    checked = measure_splits(out_dir / names[0], data, evaluators, baseline)
     check_measured(checked, record.metrics, result.number, tolerance)
     metrics = dict(record.metrics)
     if differs:  # the rebuild was never scored on test: its own number is the one just measured
@@ -228,6 +245,8 @@ def write_package(result: TrialResult, *, out_dir: Path, data: DataSplits, evalu
         "format": FORMAT,
         "study": study_name,
         "trial": result.number,
+        "target": target.name,
+        "model": names[0],
         "rebuilt": logged is not None,
         **({"logged": logged_figures(logged, differs)} if differs else {}),
         "plan": result.plan.to_dict(),

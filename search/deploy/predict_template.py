@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Classify images with the exported model: ``python predict.py IMAGES.npy [--model model_fp32.onnx]``.
 
-This file is copied verbatim into every deploy package as ``predict.py``. It needs only
-numpy and onnxruntime (``pip install -r requirements.txt``), never torch, and reads
-``model.onnx`` and ``manifest.json`` from its own folder.
+Every deploy package holds this file as ``predict.py``, with the block between the ``runtime``
+markers replaced by the package's target's (``search/deploy/targets/predict_<target>.py``). It
+needs only numpy and that runtime (``pip install -r requirements.txt``), never torch, and reads
+the model the manifest names and ``manifest.json`` from its own folder.
 
 ``IMAGES.npy`` holds one of:
   * raw images, ``(N, H, W)`` or a single ``(H, W)``: uint8 pixels 0-255, or floats
@@ -23,20 +24,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
 BATCH = 64
 
-
-def load_session(model_path: Path) -> ort.InferenceSession:
-    """One thread, sequential: the setting every latency in the manifest was measured with."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3  # quantized graphs log harmless warnings
-    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+# <runtime>
+def load_session(model_path: Path) -> Any:
+    """An object with ``batch`` (the input's fixed batch size, or None) and ``run(batch) -> logits``."""
+    raise NotImplementedError("the package's target fills this in (search/deploy/targets/predict_<target>.py)")
+# </runtime>
 
 
 def resize_weights(in_size: int, out_size: int) -> np.ndarray:
@@ -93,10 +89,9 @@ def preprocess(images: np.ndarray, spec: Mapping[str, Any], input_shape: Sequenc
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def predict(session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
+def predict(session: Any, batch: np.ndarray) -> np.ndarray:
     """Arg-max class per sample, in chunks (a model with a fixed batch size gets exactly that size)."""
-    model_input = session.get_inputs()[0]
-    fixed = model_input.shape[0] if isinstance(model_input.shape[0], int) and model_input.shape[0] > 0 else None
+    fixed = session.batch
     step = fixed or BATCH
     classes = []
     for start in range(0, len(batch), step):
@@ -104,19 +99,21 @@ def predict(session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
         real = len(chunk)
         if fixed and real < fixed:
             chunk = np.concatenate([chunk, np.zeros((fixed - real, *chunk.shape[1:]), dtype=np.float32)])
-        logits = np.asarray(session.run(None, {model_input.name: chunk})[0]).reshape(len(chunk), -1)
+        logits = np.asarray(session.run(chunk)).reshape(len(chunk), -1)
         classes.append(logits[:real].argmax(axis=1))
     return np.concatenate(classes) if classes else np.zeros(0, dtype=np.int64)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print ``<index> <class>`` per image; exit 2 (one line on stderr) when the input cannot be used."""
-    parser = argparse.ArgumentParser(description="Classify images with the exported ONNX model.")
-    parser.add_argument("images", type=Path, help=".npy file: (N, H, W) raw images or (N, C, H, W) preprocessed")
-    parser.add_argument("--model", type=Path, default=HERE / "model.onnx",
-                        help="ONNX file to run (default: model.onnx; model_fp32.onnx is the fp32 fallback)")
-    args = parser.parse_args(argv)
     manifest = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
+    model = manifest.get("model", "model.onnx")
+    fallback = model.replace("model.", "model_fp32.", 1)
+    parser = argparse.ArgumentParser(description="Classify images with the exported model.")
+    parser.add_argument("images", type=Path, help=".npy file: (N, H, W) raw images or (N, C, H, W) preprocessed")
+    parser.add_argument("--model", type=Path, default=HERE / model,
+                        help=f"model file to run (default: {model}; {fallback} is the fp32 fallback)")
+    args = parser.parse_args(argv)
     try:
         images = np.load(args.images, allow_pickle=False)
         batch = preprocess(images, manifest.get("preprocessing") or {}, manifest["input"]["shape"][1:])

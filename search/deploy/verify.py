@@ -8,14 +8,16 @@ Five checks, each printed as one PASS/FAIL/SKIP line, all run even after a failu
 * latency       - batch 1, timed as at export (``latency_setup``, one thread by default), at most
   ``max_slowdown`` times the manifest's: machines differ, so only a big slowdown fails;
 * predict       - ``predict.py`` runs in a fresh interpreter where torch cannot be imported, and
-  prints the classes ONNX Runtime's arg-max gives.
+  prints the classes the target runtime's arg-max gives.
 
 Both accuracies must equal the manifest's exactly on a CPU with the instruction-set flags
 the manifest records: same file, same data, same kernels give the same number. A CPU with
 other flags runs other int8 kernels (VNNI, AMX, AVX2's saturating multiply-add), which can
 flip a few samples, so there ``accuracy_tolerance`` points are allowed and the line says why.
 
-Only numpy, onnxruntime and the standard library are used here; torch is never imported.
+Only numpy, the package's runtime (its manifest's ``target``, opened through the evaluators) and
+the standard library are used here; torch is imported only for a target whose runtime needs it
+(ExecuTorch's Python runtime links libtorch).
 """
 from __future__ import annotations
 
@@ -30,14 +32,16 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from evaluators._session import make_session
+from evaluators._session import open_session
 from evaluators.accuracy import Accuracy
 from evaluators.base import EvalData
 from evaluators.latency import Latency, interleaved
 from search.deploy.package import MANIFEST, MODEL, PREDICT, cpu_info, data_fingerprint, file_sha256
 from search.deploy.predict_template import preprocess
+from search.deploy.targets.base import target_named
 
 # Runs predict.py as a deploy target would: isolated mode, and torch made unimportable.
+WITH_TORCH = "import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
 NO_TORCH = ("import runpy, sys\n"
             "sys.modules.update(dict.fromkeys(('torch', 'torchvision'), None))\n"
             "sys.argv = sys.argv[1:]\n"
@@ -100,8 +104,8 @@ def check_files(folder: Path, manifest: Mapping[str, Any]) -> Check:
                  if (folder / name).is_file() and file_sha256(folder / name) != digest]
     extra = sorted(p.name for p in folder.iterdir() if p.name not in listed and p.name != MANIFEST)
     problems += [f"{name} not in the manifest" for name in extra]
-    if MODEL not in listed:
-        problems.append(f"the manifest lists no {MODEL}")
+    if model_name(manifest) not in listed:
+        problems.append(f"the manifest lists no {model_name(manifest)}")
     if problems:
         return Check("files", False, "; ".join(problems))
     return Check("files", True, f"{len(listed)} files match their manifest sha256 ({', '.join(listed)})")
@@ -147,8 +151,13 @@ def allowed_difference(manifest: Mapping[str, Any], tolerance: float) -> tuple[f
                        f"({recorded.get('model', 'unknown')}): ONNX Runtime runs other int8 kernels")
 
 
+def model_name(manifest: Mapping[str, Any]) -> str:
+    """The shipped model's file: ``model.onnx`` in packages from before targets."""
+    return str(manifest.get("model", MODEL))
+
+
 def check_accuracy(folder: Path, expected: Expected, data: EvalData | None, accuracy: Accuracy,
-                   rule: tuple[float, str]) -> Check:
+                   rule: tuple[float, str], manifest: Mapping[str, Any]) -> Check:
     """The manifest's number on the same split: exactly on the same CPU flags, within the tolerance elsewhere."""
     if expected.accuracy is None:
         return Check(expected.check, True, f"the manifest records no {expected.split} accuracy", skipped=True)
@@ -156,7 +165,7 @@ def check_accuracy(folder: Path, expected: Expected, data: EvalData | None, accu
         return Check(expected.check, True, f"no {expected.split} split given to re-measure it on", skipped=True)
     allowed, reason = rule
     wanted = float(expected.accuracy)
-    measured = accuracy.measure(folder / MODEL, data)["accuracy"]
+    measured = accuracy.measure(folder / model_name(manifest), data)["accuracy"]
     same_data = expected.fingerprint in (None, data_fingerprint(data))
     within = measured == wanted if allowed == 0 else abs(measured - wanted) <= allowed + 1e-9
     detail = (f"{measured:.4f}% measured on {len(data.labels)} {expected.split} samples, manifest {wanted:.4f}%; "
@@ -181,7 +190,7 @@ def check_latency(folder: Path, manifest: Mapping[str, Any], data: EvalData, set
     if reference is None:
         return Check("latency", True, "the manifest records no latency_ms", skipped=True)
     setup = {**{"warmup": Latency.warmup, "runs": Latency.runs, "threads": 1}, **(manifest.get("latency_setup") or {})}
-    measured = interleaved([folder / MODEL], data, **setup)[0]["latency_ms"]
+    measured = interleaved([folder / model_name(manifest)], data, **setup)[0]["latency_ms"]
     ratio = measured / float(reference) if reference > 0 else float("inf")
     detail = (f"{measured:.4f} ms median (batch 1, {setup['threads']} thread(s), {setup['runs']} runs), "
               f"manifest {float(reference):.4f} ms: {ratio:.2f}x, limit {settings.max_slowdown:.2f}x")
@@ -202,12 +211,15 @@ def raw_images(inputs: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray | None
     return raw if same else None
 
 
-def run_predict(folder: Path, images: np.ndarray, timeout: float) -> subprocess.CompletedProcess[str]:
-    """``predict.py images.npy`` in a fresh isolated interpreter with a bare environment and no torch."""
+def run_predict(folder: Path, images: np.ndarray, timeout: float, *,
+                torch_free: bool = True) -> subprocess.CompletedProcess[str]:
+    """``predict.py images.npy`` in a fresh isolated interpreter with a bare environment and, unless the
+    target's runtime needs it (ExecuTorch's Python runtime links libtorch), no torch."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "samples.npy"
         np.save(path, images)
-        command = [sys.executable, "-I", "-c", NO_TORCH, str(folder / PREDICT), str(path)]
+        wrapper = NO_TORCH if torch_free else WITH_TORCH
+        command = [sys.executable, "-I", "-c", wrapper, str(folder / PREDICT), str(path)]
         return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout,
                               env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
 
@@ -215,12 +227,13 @@ def run_predict(folder: Path, images: np.ndarray, timeout: float) -> subprocess.
 def check_predict(folder: Path, manifest: Mapping[str, Any], data: EvalData, settings: VerifySettings) -> Check:
     """predict.py's printed classes equal ONNX Runtime's arg-max on the same val samples."""
     inputs = np.ascontiguousarray(data.inputs[:settings.predict_samples], dtype=np.float32)
-    session = make_session(folder / MODEL, threads=1)
-    expected = [int(np.asarray(session.run(None, {session.get_inputs()[0].name: inputs[i:i + 1]})[0]).argmax())
-                for i in range(len(inputs))]
+    session = open_session(folder / model_name(manifest), threads=1)
+    expected = [int(np.asarray(session.run(inputs[i:i + 1])).argmax()) for i in range(len(inputs))]
     raw = raw_images(inputs, manifest.get("preprocessing") or {})
     kind = f"{len(inputs)} raw uint8 images" if raw is not None else f"{len(inputs)} preprocessed samples"
-    done = run_predict(folder, raw if raw is not None else inputs, settings.predict_timeout)
+    runtime = manifest.get("target", "onnxruntime")
+    torch_free = target_named(runtime).torch_free
+    done = run_predict(folder, raw if raw is not None else inputs, settings.predict_timeout, torch_free=torch_free)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return Check("predict", False, f"predict.py exited {done.returncode} on {kind}: {last}")
@@ -230,8 +243,9 @@ def check_predict(folder: Path, manifest: Mapping[str, Any], data: EvalData, set
         return Check("predict", False, f"predict.py printed unreadable lines: {done.stdout[:200]!r}")
     matches = sum(p == e for p, e in zip(printed, expected))
     ok = len(printed) == len(expected) and matches == len(expected)
-    return Check("predict", ok, f"predict.py (no torch) on {kind}: {matches}/{len(expected)} classes match "
-                                f"ONNX Runtime's arg-max {expected}; printed {printed}")
+    where = "no torch" if torch_free else "torch allowed: the runtime links it"
+    return Check("predict", ok, f"predict.py ({where}) on {kind}: {matches}/{len(expected)} classes match "
+                                f"{runtime}'s arg-max {expected}; printed {printed}")
 
 
 def guarded_check(name: str, run: Callable[[], Check]) -> Check:
@@ -257,7 +271,8 @@ def verify_package(package: Path, *, val: EvalData, test: EvalData | None = None
         scorer = accuracy or Accuracy()
         return [
             guarded_check("files", lambda: check_files(folder, manifest)),
-            *(guarded_check(e.check, lambda e=e: check_accuracy(folder, e, splits[e.split], scorer, rule))
+            *(guarded_check(e.check, lambda e=e: check_accuracy(folder, e, splits[e.split], scorer, rule,
+                                                                           manifest))
               for e in expectations(manifest)),
             guarded_check("latency", lambda: check_latency(folder, manifest, val, settings)),
             guarded_check("predict", lambda: check_predict(folder, manifest, val, settings)),

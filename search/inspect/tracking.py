@@ -191,7 +191,8 @@ class Tracker:
     def log_export(self, parent_id: str | None, folder: Path, manifest: Mapping[str, Any], *,
                    zip_path: Path | None = None) -> str:
         """A run holding the deploy folder (and its zip), nested under the study's run."""
-        tags = {"kind": "export", "trial": str(manifest["trial"]), "sha256": manifest["files"]["model.onnx"]}
+        tags = {"kind": "export", "trial": str(manifest["trial"]),
+                "sha256": manifest["files"][manifest.get("model", "model.onnx")]}
         if parent_id:
             tags[PARENT_TAG] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=f"export-trial-{manifest['trial']}", tags=tags)
@@ -205,17 +206,42 @@ class Tracker:
 
     @guarded
     def register_model(self, run_id: str, model_path: Path, name: str, manifest: Mapping[str, Any]) -> str:
-        """Log ``model_path`` as an MLflow ONNX model under ``run_id/model`` and register a new version of ``name``.
+        """Log ``model_path`` under ``run_id/model`` and register a new version of ``name``.
 
-        The version's tags carry the trial's metrics, trial number, study and sha256, so the
-        registry alone tells which trial a deployed version came from and what it scored.
-        Guarded on its own, after ``log_export``: a registry failure leaves the export run logged.
+        An ONNX file is logged as an MLflow ONNX model; another target's artifact (an IR's .xml and
+        .bin, a .pte) as its plain files, which no MLflow flavor loads. The version's tags carry the
+        trial's metrics, trial number, study and sha256, so the registry alone tells which trial a
+        deployed version came from and what it scored. Guarded on its own, after ``log_export``:
+        a registry failure leaves the export run logged.
         """
+        from mlflow.exceptions import MlflowException
+
+        if model_path.suffix != ".onnx":
+            for file in manifest["files"]:
+                if file.startswith(f"{model_path.stem}."):
+                    self.client.log_artifact(run_id, str(model_path.with_name(file)), "model")
+        else:
+            self._log_onnx_model(run_id, model_path, manifest)
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            self.client.create_registered_model(name, tags={"autosqueeze.study": str(manifest["study"])})
+        version_tags = {k: repr(float(v)) for k, v in manifest["metrics"].items()}
+        version_tags.update({"trial": str(manifest["trial"]), "study": str(manifest["study"]),
+                             "sha256": manifest["files"][manifest.get("model", "model.onnx")]})
+        version = self.client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id,
+                                                   tags=version_tags)
+        self.client.set_tag(run_id, "registered_model", f"{name}/{version.version}")
+        return str(version.version)
+
+    def _log_onnx_model(self, run_id: str, model_path: Path, manifest: Mapping[str, Any]) -> None:
+        """``model_path`` as an MLflow ONNX model under ``run_id/model``."""
         import tempfile
 
         import mlflow.onnx
         import onnx
-        from mlflow.exceptions import MlflowException
 
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "model"
@@ -227,19 +253,6 @@ class Tracker:
             mlflow.onnx.save_model(onnx.load(str(model_path)), str(saved), save_as_external_data=False,
                                    pip_requirements=requirements)
             self.client.log_artifacts(run_id, str(saved), "model")
-        try:
-            self.client.get_registered_model(name)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            self.client.create_registered_model(name, tags={"autosqueeze.study": str(manifest["study"])})
-        version_tags = {k: repr(float(v)) for k, v in manifest["metrics"].items()}
-        version_tags.update({"trial": str(manifest["trial"]), "study": str(manifest["study"]),
-                             "sha256": manifest["files"]["model.onnx"]})
-        version = self.client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id,
-                                                   tags=version_tags)
-        self.client.set_tag(run_id, "registered_model", f"{name}/{version.version}")
-        return str(version.version)
 
     def _log(self, run_id: str, *, params: Mapping[str, Any] | None = None, metrics: Iterable[Metric] = (),
              tags: Mapping[str, str] | None = None) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch_pruning as tp
 
+from search.deploy.targets.base import source_onnx
 from search.profiling.profile import GroupProfile, LayerProfile, Profile, ProfileSettings, PrunePoint
 from search.profiling.onnx_figures import OTHER, int8_errors, latency_shares, size_shares
 from search.trials.trial import Stopwatch
@@ -30,14 +31,17 @@ def measure_profile(ctx: SearchContext, settings: ProfileSettings) -> Profile:
     with clock.stage("prune"):
         groups, accuracy, samples = prune_costs(ctx, settings)
     layers = layer_names(ctx.baseline)
+    # Per-layer figures come from ONNX Runtime on the baseline's ONNX file whatever the target: they
+    # rank layers for the space and the seeds, and every target runs the same QDQ graph.
+    onnx_path = source_onnx(ctx.baseline_path)
     with clock.stage("int8"):
         calib = np.asarray(ctx.data.calib, dtype=np.float32)
-        errors = int8_errors(ctx.baseline_path, layers, calib, samples=calib[:settings.calib_samples],
+        errors = int8_errors(onnx_path, layers, calib, samples=calib[:settings.calib_samples],
                              settings=ctx.space.quant_spec.settings)
     with clock.stage("latency"):
-        latency = latency_shares(ctx.baseline_path, layers, ctx.space.example_input.numpy(),
+        latency = latency_shares(onnx_path, layers, ctx.space.example_input.numpy(),
                                  runs=settings.latency_runs)
-    size = size_shares(ctx.baseline_path, layers)
+    size = size_shares(onnx_path, layers)
     clock.timings["total"] = round(sum(clock.timings.values()), 4)
     profiled = tuple(LayerProfile(name, *errors.get(name, (math.nan, math.nan)), latency[name], size[name])
                      for name in layers)

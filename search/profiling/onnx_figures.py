@@ -32,7 +32,8 @@ class _Samples(CalibrationDataReader):
 
 
 def _options(*, profile_prefix: str | None = None) -> ort.SessionOptions:
-    """The evaluators' session settings (evaluators/_session.py): 1 thread, sequential, full optimisation."""
+    """The onnxruntime target's session settings (search/deploy/targets/onnxruntime.py): 1 thread, sequential, full
+    optimisation."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

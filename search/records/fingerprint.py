@@ -65,14 +65,20 @@ def _settings(obj: Any) -> Any:
 
 
 def fingerprint(*, data: DataSplits, baseline: nn.Module, constraints: Sequence[Constraint],
-                evaluators: Sequence[Evaluator], finetune: FinetuneSettings) -> dict[str, Any]:
-    """Every input a trial's numbers depend on, each part small enough to print."""
+                evaluators: Sequence[Evaluator], finetune: FinetuneSettings,
+                target: str = "onnxruntime") -> dict[str, Any]:
+    """Every input a trial's numbers depend on, each part small enough to print.
+
+    The target is recorded only when it is not ONNX Runtime, so studies from before targets
+    existed (all ONNX Runtime) resume with the fingerprint they recorded.
+    """
     return {
         "data": data_digest(data),
         "baseline": model_digest(baseline),
         "constraints": [_settings(c) for c in constraints],
         "evaluators": {type(e).__name__: _settings(e) for e in evaluators},
         "finetune": _settings(finetune),
+        **({"target": target} if target != "onnxruntime" else {}),
     }
 
 

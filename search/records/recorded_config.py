@@ -21,7 +21,7 @@ from search.records.secrets import redact
 
 ATTR = "config"  # the study user attr (and manifest key) holding the recorded config
 # Keys that locate the study or are choices of the command being run: always the command line's.
-FOLLOW_COMMAND = ("paths", "storage", "search.study_name", "export", "quiet")
+FOLLOW_COMMAND = ("paths", "storage", "search.study_name", "export", "quiet", "gate")
 # Keys that change no recorded number: the recorded value unless the command line changes it.
 REMEMBERED = ("tracking", "search.n_trials", "search.timeout", "search.workers", "search.heartbeat",
               "search.trial_timeout", "search.max_failures", "search.early_stop", "search.prescreen",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import optuna
 
+from search.deploy.targets.base import Source
 from search.trials.onnx_export import export_onnx
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ def structure_figures(ctx: SearchContext, model: nn.Module, plan: Plan, out_dir:
         finished = ctx.space.finish(copy.deepcopy(model), plan)
         onnx_path = export_onnx(finished, ctx.space.example_input, work / "model_fp32.onnx")
         path = ctx.space.apply_graph(onnx_path, work / "model.onnx", plan, ctx.data.calib)
+        path = ctx.target.build(Source(onnx=path, model=finished, precisions=ctx.space.precisions(plan),
+                                       example=ctx.space.example_input, calib=ctx.data.calib))
         figures: dict[str, float] = {}
         for evaluator in ctx.evaluators:
             if ACCURACY not in evaluator.metrics:

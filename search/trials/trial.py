@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
+from search.deploy.targets.base import Source
+from search.deploy.targets.onnxruntime import OnnxRuntime
 from search.trials.early_stop import HopelessTrial
 from search.trials.finetune import FinetuneSettings, Logger, finetune
 from search.trials.onnx_export import export_onnx
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from evaluators.base import EvalData, Evaluator
+    from search.deploy.targets.base import Target
     from search.trials.early_stop import StopRule
     from spaces.space import Space
     from zoo.data import DataSplits
@@ -41,6 +44,7 @@ class SearchContext:
     run_dir: Path
     seed: int = 0
     early_stop: StopRule | None = None  # stops hopeless fine-tunes; None fine-tunes every plan in full
+    target: Target = field(default_factory=OnnxRuntime)  # turns the QDQ ONNX file into what ships
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,12 @@ class TrialResult:
                    before_finetune=dict(attrs.get("before_finetune", {})))
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def sha256_of(*paths: Path) -> str:
+    """One digest of an artifact's files in order (one file: that file's sha256)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
 
 
 def measure(model_path: Path, split: EvalData, evaluators: Sequence[Evaluator]) -> dict[str, float]:
@@ -155,10 +163,12 @@ def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable
         fp32_path = export_onnx(model, ctx.space.example_input, out_dir / "model_fp32.onnx")
     with clock.stage("quantize"):
         model_path = ctx.space.apply_graph(fp32_path, out_dir / "model.onnx", plan, ctx.data.calib)
+        model_path = ctx.target.build(Source(onnx=model_path, model=model, precisions=ctx.space.precisions(plan),
+                                             example=ctx.space.example_input, calib=ctx.data.calib))
     with clock.stage("evaluate"):
         metrics = measure(model_path, ctx.data.val, ctx.evaluators)
         metrics.update(relative(metrics, ctx.baseline_metrics))
     clock.timings["total"] = round(sum(clock.timings.values()), 4)
     return TrialResult(number=number, plan=plan, metrics=metrics, timings=clock.timings,
-                       model_path=str(model_path), sha256=sha256_of(model_path), curve=tuple(curve),
+                       model_path=str(model_path), sha256=sha256_of(*ctx.target.files(model_path)), curve=tuple(curve),
                        before_finetune=before)

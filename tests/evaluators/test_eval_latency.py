@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -50,15 +49,15 @@ class Recorder:
     def __init__(self, index: int, log: list[tuple[int, int]]) -> None:
         self.index, self.log = index, log
 
-    def run(self, output_names: Any, input_feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.log.append((self.index, int(input_feed["input"][0])))
-        return []
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        self.log.append((self.index, int(inputs[0])))
+        return inputs
 
 
 def test_time_runs_counts_and_round_robin() -> None:
     log: list[tuple[int, int]] = []
     sessions = [Recorder(i, log) for i in range(3)]
-    feeds = [[{"input": np.array([k])} for k in range(2)] for _ in sessions]
+    feeds = [[np.array([k]) for k in range(2)] for _ in sessions]
     timings = time_runs(sessions, feeds, warmup=2, runs=5)
     assert timings.shape == (3, 5) and (timings >= 0).all()
     assert len(log) == 3 * (2 + 5)
