@@ -122,9 +122,12 @@ def summary(manifest: dict, logged: TrialResult, out: Path) -> str:
         rebuilt = f" (rebuilt, differs from the logged trial: {', '.join(manifest['logged']['differs'])})"
     elif manifest["rebuilt"]:
         rebuilt = " (rebuilt, identical to the logged trial)"
+    model = manifest.get("model", "model.onnx")
+    zipped = manifest.get("sizes", {}).get(model)
+    shipped = f" ({zipped['zip_bytes'] / 1e3:.1f} KB {zipped['zip_method']} in the zip)" if zipped else ""
     return (f"exported trial {manifest['trial']} to {out}{rebuilt}: val accuracy {measured['accuracy']:.2f}% "
-            f"(logged {logged.metrics['accuracy']:.2f}%){test}, {manifest['metrics']['size_bytes'] / 1e3:.1f} KB, "
-            f"sha256 {manifest['files'][manifest.get('model', 'model.onnx')][:12]}")
+            f"(logged {logged.metrics['accuracy']:.2f}%){test}, {manifest['metrics']['size_bytes'] / 1e3:.1f} KB"
+            f"{shipped}, sha256 {manifest['files'][model][:12]}")
 
 
 def log_to_mlflow(job: Any, study: optuna.Study, out: Path, archive: Path, manifest: dict,

@@ -251,3 +251,28 @@ def test_without_fp32_and_into_a_foreign_folder(exported, tmp_path):
     with pytest.raises(ValueError, match="notes.txt"):
         export_command(job, ExportSettings(trial=0, out=str(tmp_path / "busy")))
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_the_zip_entropy_codes_each_file_with_its_smallest_method_and_the_manifest_records_both_sizes(
+        exported, tmp_path):
+    _, folder, zip_path = exported
+    manifest = json.loads((folder / "manifest.json").read_text())
+    with zipfile.ZipFile(zip_path) as archive:
+        entries = {info.filename.split("/", 1)[1]: info for info in archive.infolist()}
+    for name, size in manifest["sizes"].items():
+        entry = entries[name]
+        assert size["raw_bytes"] == entry.file_size == (folder / name).stat().st_size
+        assert size["zip_bytes"] == entry.compress_size
+        assert entry.compress_type == {"deflate": zipfile.ZIP_DEFLATED, "lzma": zipfile.ZIP_LZMA}[size["zip_method"]]
+        for other in (zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA):  # no method stores it smaller
+            probe = tmp_path / f"{other}.zip"
+            with zipfile.ZipFile(probe, "w", compression=other) as archive:
+                archive.writestr(name, (folder / name).read_bytes())
+            assert zipfile.ZipFile(probe).getinfo(name).compress_size >= entry.compress_size
+    assert manifest["sizes"]["model.onnx"]["zip_method"] == "lzma"  # weights: LZMA's larger window pays
+    assert manifest["sizes"]["model.onnx"]["zip_bytes"] < manifest["sizes"]["model.onnx"]["raw_bytes"]
+    unpacked = tmp_path / "stdlib"
+    done = subprocess.run([sys.executable, "-I", "-m", "zipfile", "-e", str(zip_path), str(unpacked)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (unpacked / f"{STUDY}-trial1" / "model.onnx").read_bytes() == (folder / "model.onnx").read_bytes()
