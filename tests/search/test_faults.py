@@ -27,11 +27,19 @@ def cli(tmp: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "search.cli", "search", *TINY, f"paths.root={tmp / 'outputs'}", *overrides]
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+# How long a search may take to reach the moment a test waits for. On this 2-core machine a benchmark running
+# beside the suite made baseline training and the first fine-tunes 4-5x slower, and a 240 s wait for trial 3
+# failed while the search was still working; the wait ends early, and with the search's output, if it dies.
+PATIENCE = 900
+
+
+def wait_for(predicate, timeout: float, what: str, *, search: subprocess.Popen | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
             return
+        if search is not None and search.poll() is not None:
+            raise AssertionError(f"the search exited ({search.returncode}) before {what}:\n{search.stdout.read()}")
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -55,7 +63,7 @@ def test_ctrl_c_keeps_finished_trials_prints_the_front_and_a_rerun_resumes(tmp_p
     try:
         # a Ctrl-C at any moment of a running trial, sampling its plan included, records its reason
         wait_for(lambda: any(t.number == 3 and t.state == TrialState.RUNNING for t in trials(tmp_path, "resume")),
-                 240, "trial 3 to start")
+                 PATIENCE, "trial 3 to start", search=search)
         search.send_signal(signal.SIGINT)
         output, _ = search.communicate(timeout=120)
     finally:
@@ -102,8 +110,8 @@ def test_mlflow_outage_warns_trials_go_on_and_sync_replays(tmp_path):
     search = subprocess.Popen(command, env=env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     try:
-        wait_for(lambda: sum(t.state == TrialState.COMPLETE for t in trials(tmp_path, "outage")) >= 1, 240,
-                 "a first trial")
+        wait_for(lambda: sum(t.state == TrialState.COMPLETE for t in trials(tmp_path, "outage")) >= 1, PATIENCE,
+                 "a first trial", search=search)
         server.terminate()
         server.wait(timeout=30)
         output, _ = search.communicate(timeout=300)
