@@ -73,7 +73,7 @@ def test_ctrl_c_keeps_finished_trials_prints_the_front_and_a_rerun_resumes(tmp_p
     before = trials(tmp_path, "resume")
     assert [t.state for t in before[:3]] == [TrialState.COMPLETE] * 3
     assert before[3].state == TrialState.FAIL and "KeyboardInterrupt" in before[3].user_attrs["error"]
-    rerun = subprocess.run(command, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(command, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=PATIENCE)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     after = trials(tmp_path, "resume")
     assert sum(t.state == TrialState.COMPLETE for t in after) == 5
@@ -114,7 +114,7 @@ def test_mlflow_outage_warns_trials_go_on_and_sync_replays(tmp_path):
                  "a first trial", search=search)
         server.terminate()
         server.wait(timeout=30)
-        output, _ = search.communicate(timeout=300)
+        output, _ = search.communicate(timeout=PATIENCE)
     finally:
         search.kill()
         server.kill()
