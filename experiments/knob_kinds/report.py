@@ -70,9 +70,12 @@ def uniform_rows(root: Path) -> list[str]:
         searched = best_within([r for n, r in done.items() if n != uniform], "compressed_ratio")
         u = done.get(uniform)
 
+        stopped = next((t.user_attrs.get("pruned_reason", "") for t in study.trials
+                        if t.number == uniform and t.state == TrialState.PRUNED), None)
+
         def cell(r: Any) -> str:
             if r is None:
-                return "none within 1 point" if r is searched else "not completed"
+                return "none within 1 point" if r is searched else f"stopped early: {stopped}"[:160]
             m = r.metrics
             return (f"trial {r.number}: {m['compressed_ratio']:.2f}x shipped, {m['size_ratio']:.2f}x raw, "
                     f"drop {m['accuracy_drop']:.2f}, {m.get('speedup', float('nan')):.2f}x speed")
@@ -96,6 +99,8 @@ def write_report(root: Path, *, command: Sequence[str] = ()) -> Path:
             "front on the study's three objectives, normalised by the study's baseline.", "",
             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     text += ["| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + " |" for r in table]
+    notes = HERE / "notes.md"
+    text += ["", *(notes.read_text().splitlines() if notes.is_file() else [])]
     text += ["", "## Each new kind alone: the uniform plan against the search", "",
              "| kind | uniform plan (queued first) | best searched plan within 1 point |", "|---|---|---|",
              *uniform_rows(root), "", "## Machine", "", markdown(), ""]
