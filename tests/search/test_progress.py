@@ -117,7 +117,7 @@ def test_a_terminal_shows_trials_stage_step_front_and_eta_live_with_warnings_abo
     # after a trial: the front's figures and an ETA from the finished trial's wall time
     later = [c for c in counters if c[0] != "0"]
     assert all(re.fullmatch(r"\d+\.\d\dx", c[2]) and re.fullmatch(r"\d+\.\d\dx", c[3]) for c in later), later
-    assert all(int(c[1]) >= 1 and re.fullmatch(r"\d+ s|\d+ min \d\d s", c[4]) for c in later), later
+    assert all(int(c[1]) >= 1 and re.fullmatch(r"\d+ s|\d+ min \d\d s|\d+ h \d\d min", c[4]) for c in later), later
     assert max(float(c[2][:-1]) for c in later) > 2  # the int8 reference is several times smaller
     # each log record on a line of its own above the display, never inside it
     assert any(re.fullmatch(rf"\d\d:\d\d:\d\d WARNING {WARNING}", line) for line in lines), text[-3000:]
@@ -154,7 +154,7 @@ def test_a_log_gets_one_line_per_finished_trial_with_its_eta(mlflow_server, tmp_
     per_trial = [FINISHED.search(line) for line in lines]
     numbers = [int(m.group(1)) for m in per_trial if m]
     assert sorted(numbers) == sorted(trials) and len(trials) >= 3, output[-3000:]
-    assert all(re.search(r"\| \d/3, (front \d, )?ETA (\d+ s|\d+ min \d\d s)$", line)
+    assert all(re.search(r"\| \d/3, (front \d, )?ETA (\d+ s|\d+ min \d\d s|\d+ h \d\d min)$", line)
                for line in lines if FINISHED.search(line)), output[-3000:]
     assert not [line for line in lines if line.endswith(STAGES)], "per-stage lines are for the live display"
     assert f"WARNING {WARNING}" in output
