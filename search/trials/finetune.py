@@ -10,6 +10,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from search.budget import check_interrupt
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -103,6 +105,9 @@ def finetune(model: nn.Module, train: Dataset, settings: FinetuneSettings, *, se
     model.train()
     while step < settings.steps:
         for inputs, labels in loader:
+            # A Ctrl-C the garbage collector swallowed inside torch (search/budget.py) ends the fine-tune
+            # at the next step, not when all its steps are done.
+            check_interrupt()
             logits = model(inputs)
             loss = objective(logits, labels, inputs)
             if not math.isfinite(loss.item()):

@@ -151,3 +151,20 @@ def test_a_training_set_smaller_than_a_batch_does_not_hang():
         assert "batch" in str(exc)
         return
     assert curve[-1][0] == 3
+
+
+def test_a_ctrl_c_the_garbage_collector_swallowed_ends_the_fine_tune_at_the_next_step(monkeypatch):
+    """CI saw a search keep fine-tuning for minutes after Ctrl-C: the interrupt had been dropped inside torch."""
+    from search import budget
+
+    data = TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    steps: list[int] = []
+
+    def log(step: int, loss: float, accuracy: float) -> None:
+        steps.append(step)
+        if step == 2:
+            monkeypatch.setattr(budget._Interrupt, "pending", True)  # as _on_sigint leaves it
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_net(), data, FinetuneSettings(steps=50, batch_size=16, log_every=1), log=log)
+    assert steps == [1, 2]
