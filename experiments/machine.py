@@ -5,7 +5,7 @@ import os
 import platform
 from importlib import metadata
 
-PACKAGES = ("torch", "torch-pruning", "onnx", "onnxruntime", "openvino", "optuna", "mlflow", "hydra-core", "numpy")
+PACKAGES = ("torch", "torch-pruning", "onnx", "onnxruntime", "openvino", "executorch", "optuna", "mlflow", "hydra-core", "numpy")
 
 
 def cpu_model() -> str:
