@@ -54,6 +54,24 @@ def trials(tmp: Path, name: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
+def trial_states(tmp: Path, name: str) -> dict[int, str]:
+    """``{trial number: state}`` read from the study's SQLite file without writing to it.
+
+    Opening the file with Optuna while the search is still creating it makes both create the schema, and
+    the search then died on ``UNIQUE constraint failed: alembic_version`` (seen in CI): a poll must only read.
+    """
+    import sqlite3
+
+    path = tmp / "outputs" / name / "study.db"
+    if not path.exists():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            return dict(db.execute("SELECT number, state FROM trials").fetchall())
+    except sqlite3.Error:  # no trials table yet, or the file is locked mid-write
+        return {}
+
+
 def test_ctrl_c_keeps_finished_trials_prints_the_front_and_a_rerun_resumes(tmp_path):
     command = cli(tmp_path, "search.study_name=resume", "search.n_trials=5", "search.finetune.steps=400",
                   "tracking=none")
@@ -62,8 +80,8 @@ def test_ctrl_c_keeps_finished_trials_prints_the_front_and_a_rerun_resumes(tmp_p
                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # a Ctrl-C at any moment of a running trial, sampling its plan included, records its reason
-        wait_for(lambda: any(t.number == 3 and t.state == TrialState.RUNNING for t in trials(tmp_path, "resume")),
-                 PATIENCE, "trial 3 to start", search=search)
+        wait_for(lambda: trial_states(tmp_path, "resume").get(3) == "RUNNING", PATIENCE, "trial 3 to start",
+                 search=search)
         search.send_signal(signal.SIGINT)
         output, _ = search.communicate(timeout=120)
     finally:
@@ -110,8 +128,8 @@ def test_mlflow_outage_warns_trials_go_on_and_sync_replays(tmp_path):
     search = subprocess.Popen(command, env=env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     try:
-        wait_for(lambda: sum(t.state == TrialState.COMPLETE for t in trials(tmp_path, "outage")) >= 1, PATIENCE,
-                 "a first trial", search=search)
+        wait_for(lambda: "COMPLETE" in trial_states(tmp_path, "outage").values(), PATIENCE, "a first trial",
+                 search=search)
         server.terminate()
         server.wait(timeout=30)
         output, _ = search.communicate(timeout=PATIENCE)
