@@ -58,6 +58,13 @@ def write(root: Path) -> Path:
             "--trials 6`, then `.venv/bin/python experiments/targets/report.py /work/bench-out/targets`.", "",
             "`experiment=mobilenet_v2` with `space.quant.precisions=[fp32,int8]` (what all three targets run), "
             "6 completed trials per target (3 references, then the profile's seeds), one cached baseline.", ""]
+    timed = json.loads((root / "baselines.json").read_text()) if (root / "baselines.json").is_file() else []
+    if timed:
+        text += ["## The fp32 baselines side by side", "",
+                 "The three baseline artifacts timed round-robin in one process (batch 1, 1 thread, 300 runs), "
+                 "median ms per round:", "", "| round | " + " | ".join(TARGETS) + " |", "|---" * (len(TARGETS) + 1) + "|"]
+        text += [f"| {i} | " + " | ".join(f"{r[t]:.3f}" for t in TARGETS) + " |" for i, r in enumerate(timed)]
+        text += [""]
     for target in TARGETS:
         text += section(root, target, walls)
     text += ["## Each target's best plan on the other targets", "",

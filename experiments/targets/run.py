@@ -87,6 +87,22 @@ def cross(root: Path, trials: int) -> list[dict]:
     return rows
 
 
+def baselines(root: Path, trials: int, rounds: int = 3) -> list[dict[str, float]]:
+    """The three fp32 baseline artifacts timed round-robin in one process, ``rounds`` times: median ms each."""
+    from evaluators.latency import interleaved
+    from search.cli import data_splits, load_config
+    from search.deploy.targets import target_named
+
+    data = data_splits(load_config(overrides(root, TARGETS[0], trials))).val
+    paths = [next(p for p in (root / f"mnv2-{t}" / "baseline").iterdir() if p.suffix == target_named(t).suffix)
+             for t in TARGETS]
+    out = []
+    for _ in range(rounds):
+        timed = interleaved(paths, data, warmup=30, runs=300, threads=1)
+        out.append({t: round(m["latency_ms"], 4) for t, m in zip(TARGETS, timed)})
+    return out
+
+
 def main(root: Path, trials: int, only: list[str]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     walls = json.loads((root / "walls.json").read_text()) if (root / "walls.json").is_file() else {}
@@ -94,6 +110,7 @@ def main(root: Path, trials: int, only: list[str]) -> None:
         print(f"search with target={target}", flush=True)
         walls[target] = walls.get(target, 0.0) + run(root, target, trials)
         (root / "walls.json").write_text(json.dumps(walls, indent=2))
+    (root / "baselines.json").write_text(json.dumps(baselines(root, trials), indent=2))
     (root / "cross.json").write_text(json.dumps(cross(root, trials), indent=2))
     print((root / "cross.json").read_text())
 
