@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -143,3 +143,11 @@ def check_keys(kind: str, section: Mapping[str, Any], allowed: Any) -> None:
     if unknown:
         raise PlanError(f"space.{kind}.{unknown[0]} is not a setting of knob kind {kind!r}; "
                         f"allowed: {', '.join(sorted(allowed))}")
+
+
+def layer_knobs(kind: str, info: ModelInfo, exclude: Sequence[str], make: Callable[[str], Knob]) -> tuple[Knob, ...]:
+    """One knob per Conv/Linear layer not in ``exclude`` (checked against the model's layers), named for ``kind``."""
+    from spaces.layers import check_names
+
+    check_names(f"space.{kind}.exclude", exclude, info.layers)
+    return tuple(make(f"{kind}.{name}") for name in info.layers if name not in exclude)

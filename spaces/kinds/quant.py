@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from spaces.base import PlanError, check_precision
-from spaces.kinds.base import ApplyEnv, KindBase, ModelInfo, check_keys
-from spaces.layers import check_names
+from spaces.kinds.base import ApplyEnv, KindBase, ModelInfo, check_keys, layer_knobs
 from spaces.quantization import Precision, QuantSettings, quantize
 
 SETTINGS = ("activation_type", "per_channel", "calibration", "calib_batch_size")
@@ -49,8 +48,7 @@ class QuantKind(KindBase):
         return check_precision(key, value)
 
     def knobs(self, info: ModelInfo, spec: QuantSpec) -> tuple[Precision, ...]:
-        check_names("space.quant.exclude", spec.exclude, info.layers)
-        return tuple(Precision(f"quant.{name}", spec.precisions) for name in info.layers if name not in spec.exclude)
+        return layer_knobs(self.name, info, spec.exclude, lambda name: Precision(name, spec.precisions))
 
     def apply_graph(self, source: Path, target: Path, values: Mapping[str, str], spec: QuantSpec,
                     env: ApplyEnv) -> Path:

@@ -41,8 +41,8 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
 from spaces.base import PlanError
-from spaces.kinds.base import ApplyEnv, Choice, KindBase, ModelInfo, check_keys
-from spaces.layers import LAYER_TYPES, check_names
+from spaces.kinds.base import ApplyEnv, Choice, KindBase, ModelInfo, check_keys, layer_knobs
+from spaces.layers import LAYER_TYPES
 
 MAX_BITS = 8  # int8 codes cannot tell more than 256 values apart, so more clusters buy nothing
 CODEBOOKS = ("layer", "channel")
@@ -96,8 +96,7 @@ class ShareKind(KindBase):
         return check_bits(key, value)
 
     def knobs(self, info: ModelInfo, spec: ShareSpec) -> tuple[Choice, ...]:
-        check_names("space.share.exclude", spec.exclude, info.layers)
-        return tuple(Choice(f"share.{name}", spec.bits) for name in info.layers if name not in spec.exclude)
+        return layer_knobs(self.name, info, spec.exclude, lambda name: Choice(name, spec.bits))
 
     def apply_model(self, model: nn.Module, values: Mapping[str, int], spec: ShareSpec, env: ApplyEnv) -> nn.Module:
         with torch.no_grad():

@@ -41,8 +41,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from spaces.base import PlanError
-from spaces.kinds.base import ApplyEnv, Choice, KindBase, ModelInfo, check_keys
-from spaces.layers import check_names, onnx_layer_node_lists
+from spaces.kinds.base import ApplyEnv, Choice, KindBase, ModelInfo, check_keys, layer_knobs
+from spaces.layers import onnx_layer_node_lists
 
 NEEDS = "ONNX Constant with sparse_value (SparseTensorProto)"
 """What a target must read to load this kind's output (with ``storage: sparse``, the default)."""
@@ -97,8 +97,7 @@ class SparseKind(KindBase):
         return check_level(key, value)
 
     def knobs(self, info: ModelInfo, spec: SparseSpec) -> tuple[Choice, ...]:
-        check_names("space.sparse.exclude", spec.exclude, info.layers)
-        return tuple(Choice(f"sparse.{name}", spec.levels) for name in info.layers if name not in spec.exclude)
+        return layer_knobs(self.name, info, spec.exclude, lambda name: Choice(name, spec.levels))
 
     def apply_graph(self, source: Path, target: Path, values: Mapping[str, float], spec: SparseSpec,
                     env: ApplyEnv) -> Path:
