@@ -83,15 +83,22 @@ def uniform_rows(root: Path) -> list[str]:
     return lines
 
 
-def write_report(root: Path, *, command: Sequence[str] = ()) -> Path:
+def report_of(arm: str) -> str:
+    """Which file an arm's row goes to: ``mobilenet_v2`` for the MobileNetV2 arms, ``results`` for the rest."""
+    return "mobilenet_v2" if arm.startswith("mnv2-") else "results"
+
+
+def write_report(root: Path, *, command: Sequence[str] = (), name: str = "results") -> Path:
+    """``<name>.md`` and ``<name>.csv`` for the arms that belong to ``name``, read from their studies."""
     walls_path = root / "walls.json"
     walls = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
-    table = [row(root, arm, walls) for arm in ARMS]
-    with (HERE / "results.csv").open("w", newline="") as handle:
+    table = [row(root, arm, walls) for arm in ARMS if report_of(arm) == name]
+    with (HERE / f"{name}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(table)
-    text = ["# Knob kinds at equal budget (evaluator=ota: accuracy, compressed bytes, latency)", "",
+    title = "MobileNetV2" if name == "mobilenet_v2" else "Knob kinds"
+    text = [f"# {title} at equal budget (evaluator=ota: accuracy, compressed bytes, latency)", "",
             f"Command: `nice -n 5 .venv/bin/python experiments/knob_kinds/run.py {shlex.join(command)}`".rstrip() + "",
             "", "Shipped = the zstd-19 compressed model file (`compressed_bytes`), raw = the .onnx file; both as",
             "ratios to the fp32 baseline. Best = the feasible member (validation drop <= 1 point) with the",
@@ -99,16 +106,19 @@ def write_report(root: Path, *, command: Sequence[str] = ()) -> Path:
             "front on the study's three objectives, normalised by the study's baseline.", "",
             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     text += ["| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + " |" for r in table]
-    notes = HERE / "notes.md"
+    notes = HERE / ("notes.md" if name == "results" else f"{name}_notes.md")
     text += ["", *(notes.read_text().splitlines() if notes.is_file() else [])]
-    text += ["", "## Each new kind alone: the uniform plan against the search", "",
-             "| kind | uniform plan (queued first) | best searched plan within 1 point |", "|---|---|---|",
-             *uniform_rows(root), "", "## Machine", "", markdown(), ""]
-    out = HERE / "results.md"
+    if name == "results":
+        text += ["", "## Each new kind alone: the uniform plan against the search", "",
+                 "| kind | uniform plan (queued first) | best searched plan within 1 point |", "|---|---|---|",
+                 *uniform_rows(root)]
+    text += ["", "## Machine", "", markdown(), ""]
+    out = HERE / f"{name}.md"
     out.write_text("\n".join(text))
     return out
 
 
 if __name__ == "__main__":
-    print(write_report((Path(sys.argv[1]) if len(sys.argv) > 1 else
-                        Path(__file__).resolve().parents[2] / "outputs" / "knob_kinds").resolve()).read_text())
+    # report.py [ROOT] [NAME]: NAME is results (the demo, MLP and alone arms) or mobilenet_v2
+    where = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "outputs" / "knob_kinds"
+    print(write_report(where.resolve(), name=sys.argv[2] if len(sys.argv) > 2 else "results").read_text())

@@ -10,6 +10,7 @@ device downloads, besides accuracy and latency), in its own study under ``output
 - ``demo-*``: the default demo model (built-in ResNet on Fashion-MNIST), ``mlp-*``: the same ResNet with a
   512-512 MLP head (``model=resnet_small_mlp``), where most weights sit in fully connected layers.
 - ``*-today``: ``space.kinds=[prune,quant]``; ``*-all``: ``[prune,quant,lowrank,share,sparse]``; same budget.
+- ``mnv2-*``: the MobileNetV2 benchmark's model, data and fine-tune recipe (``experiment=mobilenet_v2``).
 - ``alone-<kind>``: that kind alone on the demo model, with the uniform plan (the kind's middle value on every
   layer it offers) queued first, so the study holds the hand-made uniform application and the searched plans.
 
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
 ALL = "[prune,quant,lowrank,share,sparse]"
+MNV2 = ["experiment=mobilenet_v2", "evaluator.evaluators.size.level=19"]
 ARMS: dict[str, tuple[list[str], int]] = {  # overrides, completed trials
     "demo-today": (["space.kinds=[prune,quant]"], 20),
     "demo-all": ([f"space.kinds={ALL}"], 20),
@@ -40,8 +42,12 @@ ARMS: dict[str, tuple[list[str], int]] = {  # overrides, completed trials
     "alone-lowrank": (["space.kinds=[lowrank]"], 6),
     "alone-share": (["space.kinds=[share]"], 6),
     "alone-sparse": (["space.kinds=[sparse]"], 6),
+    # MobileNetV2 (conf/experiment/mobilenet_v2.yaml) at zstd-19 like the rest; 12 completed trials per arm
+    "mnv2-today": ([*MNV2, "space.kinds=[prune,quant]"], 12),
+    "mnv2-all": ([*MNV2, f"space.kinds={ALL}"], 12),
 }
-ARM_TIMEOUT_S = 1800  # search.timeout: no trial starts after it
+# search.timeout: no trial starts after it; a MobileNetV2 trial fine-tunes for minutes
+ARM_TIMEOUT_S = {"mnv2": 5400}
 
 
 def common(root: Path, arm: str) -> list[str]:
@@ -83,7 +89,8 @@ def queue_uniform(root: Path, arm: str) -> None:
 
 
 def run_arm(root: Path, arm: str) -> tuple[int, float]:
-    command = [sys.executable, "-m", "search.cli", "search", *common(root, arm), f"search.timeout={ARM_TIMEOUT_S}"]
+    command = [sys.executable, "-m", "search.cli", "search", *common(root, arm), 
+               f"search.timeout={ARM_TIMEOUT_S.get(arm.split('-')[0], 1800)}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # latency is timed on 1 thread; the box is shared
     start = time.perf_counter()
     with (root / f"{arm}.log").open("a") as log:
@@ -104,9 +111,10 @@ def main(root: Path, only: list[str]) -> None:
         walls[arm] = walls.get(arm, 0.0) + seconds
         walls_path.write_text(json.dumps(walls, indent=2))
         print(f"  {arm}: exit {rc}, {seconds / 60:.1f} min", flush=True)
-    from knob_kinds.report import write_report
+    from knob_kinds.report import report_of, write_report
 
-    print(write_report(root, command=sys.argv[1:]).read_text())
+    for name in dict.fromkeys(report_of(arm) for arm in only or ARMS):
+        print(write_report(root, command=sys.argv[1:], name=name).read_text())
 
 
 if __name__ == "__main__":
