@@ -11,6 +11,7 @@ import logging
 import math
 import statistics
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -92,6 +93,7 @@ class Progress:
         self._estimate: tuple[float, float] | None = None  # (seconds left, when it was made)
         self._live = live  # None: a live display exactly when stderr is an interactive terminal
         self._display: Live | None = None
+        self._lock = threading.Lock()
 
     def eta(self) -> float | None:
         """Seconds left: the estimate counted down since the last finished trial, capped by ``timeout``."""
@@ -125,12 +127,16 @@ class Progress:
 
     def trial_done(self, study: optuna.Study, trial: FrozenTrial, front_size: int, *,
                    feasible: Sequence[TrialResult] = ()) -> None:
-        self.done = completed(study)
-        self.front_size = front_size
-        self.best_size_ratio = best(feasible, "size_ratio") or self.best_size_ratio
-        self.best_speedup = best(feasible, "speedup") or self.best_speedup
-        left = estimate(study, self.budget, self.done)
-        self._estimate = None if left is None else (left, time.monotonic())
+        # The display's own thread redraws at any moment: everything is worked out first (the estimate
+        # queries the study) and assigned under the lock its frames take, so no frame shows the new count
+        # with the old ETA.
+        done = completed(study)
+        left = estimate(study, self.budget, done)
+        with self._lock:
+            self.done, self.front_size = done, front_size
+            self.best_size_ratio = best(feasible, "size_ratio") or self.best_size_ratio
+            self.best_speedup = best(feasible, "speedup") or self.best_speedup
+            self._estimate = None if left is None else (left, time.monotonic())
         if self.current and self.current[0] == trial.number:
             self.current, self.step_at = None, None
         self._refresh()  # first: a line logged above the display redraws the display as last refreshed
@@ -154,6 +160,10 @@ class Progress:
 
     def view(self) -> RenderableType:
         """What the live display shows, rebuilt at every refresh so the ETA counts down."""
+        with self._lock:
+            return self._view()
+
+    def _view(self) -> RenderableType:
         if self.current is None:
             doing = Text("search ended" if self.ended else "sampling the next plan")
         else:

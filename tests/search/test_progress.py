@@ -216,3 +216,23 @@ def test_trials_that_did_not_complete_are_carried_by_those_that_did():
         study.add_trial(_trial(seconds))
     study.add_trial(_trial(30, TrialState.PRUNED))  # stopped early: not counted, but its time was spent
     assert estimate(study, budget=6, done=3) == 90  # (median 20 s + 30 s / 3 completed) x 3 trials left
+
+
+def test_a_frame_drawn_while_a_finished_trial_is_counted_never_pairs_the_new_count_with_no_eta(monkeypatch):
+    """The live display redraws from its own thread; a frame drawn while the ETA is being worked out
+    (a query of the study) must show the state before the trial or after it, never half of each."""
+    import search.progress as progress_module
+
+    study = optuna.create_study()
+    study.add_trial(_trial(20))
+    progress = Progress(budget=3, timeout=None, done=0)
+    frames = []
+
+    def estimate_while_drawing(*args, **kwargs):
+        frames.append(progress.where())  # what a redraw at this moment shows
+        return estimate(*args, **kwargs)
+
+    monkeypatch.setattr(progress_module, "estimate", estimate_while_drawing)
+    progress.trial_done(study, study.trials[0], front_size=1)
+    assert frames == ["0/3, ETA unknown"]
+    assert progress.where() == "1/3, ETA 40 s"
