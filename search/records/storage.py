@@ -6,6 +6,8 @@ by whichever worker notices first, and retried.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,6 +21,7 @@ from search.records.secrets import redact
 
 log = logging.getLogger(__name__)
 JOURNAL_PREFIX = "journal:"
+SCHEMA_ATTEMPTS = 8  # workers started together on an empty database: the one that creates the tables wins
 
 
 class StorageError(ValueError):
@@ -53,8 +56,17 @@ def make_storage(url: str, heartbeat: HeartbeatSettings = HeartbeatSettings(),
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat.interval,
-                          grace_period=heartbeat.grace_period, heartbeat_stale_trial_callback=stale)
+        for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+            try:
+                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat.interval,
+                                  grace_period=heartbeat.grace_period, heartbeat_stale_trial_callback=stale)
+            except Exception as exc:
+                if attempt == SCHEMA_ATTEMPTS or not _schema_race(exc):
+                    raise
+                # Another process is creating Optuna's tables in this empty database right now; once it is
+                # done, opening finds them and creates nothing. The jitter spreads the next tries apart.
+                log.debug("storage %s: tables being created by another process (%s); retrying", redact(url), exc)
+                time.sleep(random.uniform(0.2, 1.0) * attempt)
     except ImportError as exc:
         raise StorageError(f"storage={redact(url)!r}: the database driver is missing; "
                            "install 'psycopg[binary]' for postgresql:// or pymysql for mysql+pymysql://") from exc
@@ -62,6 +74,15 @@ def make_storage(url: str, heartbeat: HeartbeatSettings = HeartbeatSettings(),
         reason = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
         raise StorageError(f"storage={redact(url)!r} cannot be opened: {reason}. Allowed: sqlite:///FILE, "
                            f"postgresql://USER@HOST/DB, mysql+pymysql://USER@HOST/DB or journal:FILE") from exc
+
+
+def _schema_race(exc: Exception) -> bool:
+    """Whether opening failed because another process created the same tables (or version row) first."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    if isinstance(exc, IntegrityError):  # the alembic version row, or PostgreSQL's enum types (pg_type)
+        return True
+    return isinstance(exc, (OperationalError, ProgrammingError)) and "already exists" in str(exc)
 
 
 def existing_storage(url: str, study_name: str) -> optuna.storages.BaseStorage:
