@@ -46,9 +46,9 @@ def duration(seconds: float) -> str:
 def estimate(study: optuna.Study, budget: int | None, done: int) -> float | None:
     """Seconds until the study holds ``budget`` completed trials: a completed trial's cost × rounds left.
 
-    A completed trial costs the median completed wall time plus its share of the trials that ended
-    without completing (stopped early, skipped before fine-tuning, failed): they do not count toward
-    the budget, so each completed trial carries them. The rounds left are the remaining trials divided
+    A completed trial costs the median completed wall time (of the fine-tuned ones, once there are any)
+    plus its share of the trials that ended without completing (stopped early, skipped before
+    fine-tuning, failed): they do not count toward the budget, so each completed trial carries them. The rounds left are the remaining trials divided
     by the workers running, counted as this process plus the trials other processes (or machines) are
     running now. None before a trial completed.
     """
@@ -59,14 +59,18 @@ def estimate(study: optuna.Study, budget: int | None, done: int) -> float | None
         return 0.0
     trials = study.get_trials(deepcopy=False)
 
-    def walls(*states: TrialState) -> list[float]:
+    def walls(*states: TrialState, fine_tuned: bool = False) -> list[float]:
         return [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
-                if t.state in states and t.datetime_start and t.datetime_complete]
+                if t.state in states and t.datetime_start and t.datetime_complete
+                and (not fine_tuned or (t.user_attrs.get("result") or {}).get("curve"))]
 
     completed = walls(TrialState.COMPLETE)
     if not completed:
         return None
-    per_trial = statistics.median(completed) + sum(walls(TrialState.PRUNED, TrialState.FAIL)) / len(completed)
+    # The unpruned reference plans come first and skip fine-tuning (seconds against minutes); the plans that
+    # follow almost all fine-tune, so once one has, those set the pace.
+    tuned = walls(TrialState.COMPLETE, fine_tuned=True)
+    per_trial = statistics.median(tuned or completed) + sum(walls(TrialState.PRUNED, TrialState.FAIL)) / len(completed)
     workers = 1 + sum(t.state == TrialState.RUNNING for t in trials)
     return per_trial * math.ceil(remaining / workers)
 

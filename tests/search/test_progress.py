@@ -189,13 +189,15 @@ def test_a_timeout_bounds_the_eta():
     assert Progress(budget=None, timeout=600, done=3).where() == "3 done, ETA 10 min 00 s"
 
 
-def _trial(seconds: float | None, state: TrialState | None = None) -> optuna.trial.FrozenTrial:
+def _trial(seconds: float | None, state: TrialState | None = None, *,
+           fine_tuned: bool | None = None) -> optuna.trial.FrozenTrial:
     start = datetime(2026, 1, 1, 12, 0, 0)
     state = state or (TrialState.RUNNING if seconds is None else TrialState.COMPLETE)
+    attrs = {} if fine_tuned is None else {"result": {"curve": [[10, 0.5, 80.0]] if fine_tuned else []}}
     return optuna.trial.FrozenTrial(
         number=0, state=state, value=1.0 if state == TrialState.COMPLETE else None, datetime_start=start,
         datetime_complete=None if seconds is None else start + timedelta(seconds=seconds), params={},
-        distributions={}, user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=0)
+        distributions={}, user_attrs=attrs, system_attrs={}, intermediate_values={}, trial_id=0)
 
 
 def test_the_eta_is_the_median_trial_times_the_rounds_the_running_workers_need():
@@ -208,6 +210,15 @@ def test_the_eta_is_the_median_trial_times_the_rounds_the_running_workers_need()
     assert estimate(study, budget=3, done=3) == 0
     assert estimate(study, budget=None, done=3) is None
     assert estimate(optuna.create_study(), budget=3, done=0) is None
+
+
+def test_once_a_trial_fine_tuned_the_unpruned_references_before_it_no_longer_set_the_pace():
+    study = optuna.create_study()
+    for seconds in (8, 7):  # fp32 and int8 references: no fine-tune
+        study.add_trial(_trial(seconds, fine_tuned=False))
+    assert estimate(study, budget=12, done=2) == 10 * 7.5
+    study.add_trial(_trial(130, fine_tuned=True))  # the first pruned plan
+    assert estimate(study, budget=12, done=3) == 9 * 130  # not the median of 7, 8 and 130 s
 
 
 def test_trials_that_did_not_complete_are_carried_by_those_that_did():
