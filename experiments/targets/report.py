@@ -53,11 +53,15 @@ def section(root: Path, target: str, walls: dict) -> list[str]:
 def write(root: Path) -> Path:
     walls = json.loads((root / "walls.json").read_text()) if (root / "walls.json").is_file() else {}
     cross = json.loads((root / "cross.json").read_text()) if (root / "cross.json").is_file() else []
+    trials = json.loads((root / "settings.json").read_text())["trials"] if (root / "settings.json").is_file() else 6
     text = ["# MobileNetV2 per target", "",
-            "Command: `nice -n 15 .venv/bin/python experiments/targets/run.py --root /work/bench-out/targets "
-            "--trials 6`, then `.venv/bin/python experiments/targets/report.py /work/bench-out/targets`.", "",
+            "Command: `nice -n 5 .venv/bin/python experiments/targets/run.py --root /work/bench-out/targets "
+            f"--trials {trials} --only TARGET --no-score` for the three targets side by side, then `run.py "
+            f"--trials {trials} --no-search` and `.venv/bin/python experiments/targets/report.py "
+            "/work/bench-out/targets`.", "",
             "`experiment=mobilenet_v2` with `space.quant.precisions=[fp32,int8]` (what all three targets run), "
-            "6 completed trials per target (3 references, then the profile's seeds), one cached baseline.", ""]
+            f"{trials} completed trials per target (3 references, the profile's 4 seeds, then NSGA-II's children), "
+            "one cached baseline.", ""]
     timed = json.loads((root / "baselines.json").read_text()) if (root / "baselines.json").is_file() else []
     if timed:
         text += ["## The fp32 baselines side by side", "",

@@ -3,6 +3,7 @@
 Run from the repository root:
 
     nice -n 5 .venv/bin/python experiments/targets/run.py [--trials 6] [--only onnxruntime,openvino]
+        [--no-score | --no-search]
 
 Every target searches the same space (``experiment=mobilenet_v2`` with precisions fp32 and int8, the ones all
 three targets run) at the same budget, in its own study under ``outputs/targets/``; the baseline is trained
@@ -103,13 +104,18 @@ def baselines(root: Path, trials: int, rounds: int = 3) -> list[dict[str, float]
     return out
 
 
-def main(root: Path, trials: int, only: list[str]) -> None:
+def main(root: Path, trials: int, only: list[str], *, search: bool = True, score: bool = True) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    walls = json.loads((root / "walls.json").read_text()) if (root / "walls.json").is_file() else {}
-    for target in only or TARGETS:
+    (root / "settings.json").write_text(json.dumps({"trials": trials}))
+    for target in (only or TARGETS) if search else ():
         print(f"search with target={target}", flush=True)
-        walls[target] = walls.get(target, 0.0) + run(root, target, trials)
+        seconds = run(root, target, trials)
+        # read again: searches of other targets may run beside this one (--only, --no-score) and write it too
+        walls = json.loads((root / "walls.json").read_text()) if (root / "walls.json").is_file() else {}
+        walls[target] = walls.get(target, 0.0) + seconds
         (root / "walls.json").write_text(json.dumps(walls, indent=2))
+    if not score:
+        return
     (root / "baselines.json").write_text(json.dumps(baselines(root, trials), indent=2))
     (root / "cross.json").write_text(json.dumps(cross(root, trials), indent=2))
     print((root / "cross.json").read_text())
@@ -120,5 +126,10 @@ if __name__ == "__main__":
     parser.add_argument("--root", type=Path, default=ROOT / "outputs" / "targets")
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--only", default="")
+    parser.add_argument("--no-search", dest="search", action="store_false",
+                        help="only time the baselines and score the best plans across targets")
+    parser.add_argument("--no-score", dest="score", action="store_false",
+                        help="only search (several targets may then search side by side, one process each)")
     args = parser.parse_args()
-    main(args.root.resolve(), args.trials, [t for t in args.only.split(",") if t])
+    main(args.root.resolve(), args.trials, [t for t in args.only.split(",") if t], search=args.search,
+         score=args.score)
