@@ -82,8 +82,10 @@ search ({RECORDED_WALL_S / 60:.0f} min, results.md), {len(profile.groups)} group
 
 Layers that keep int4 (most bytes per latency, together <= {job.quant.int4_max_latency_share:g} of it):
 {', '.join(int4) or 'none'}.
-Layers left fp32 in the seeds (int8 SQNR far below the median): {', '.join(fp32_outliers(
-        profile, margin_db=job.profile.fp32_margin_db, max_layers=job.profile.fp32_max_layers)) or 'none'}.
+Layers left fp32 in the seeds (int8 SQNR far below the median, and fp32 there wins back at least
+{job.profile.fp32_min_gain:g} points): {', '.join(fp32_outliers(
+        profile, margin_db=job.profile.fp32_margin_db, max_layers=job.profile.fp32_max_layers,
+        min_gain=job.profile.fp32_min_gain)) or 'none'}.
 
 ## Seed plans (hand plan: ratio 0.5 on the {len(hand)} groups of blocks {FIRST_LATE_BLOCK}-18)
 

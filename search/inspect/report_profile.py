@@ -36,15 +36,17 @@ def group_rows(profile: Profile) -> Rows:
 
 
 def layer_rows(profile: Profile, offered: Mapping[str, Sequence[str]]) -> Rows:
-    """One row per layer: int8 error (own and at its output), latency and size shares, int4 on offer."""
-    headers = ("layer", "int8 SQNR added (dB)", "int8 SQNR at output (dB)", "latency (%)", "size (%)",
-               "int4 offered")
+    """One row per layer: int8 error (own and at its output), what fp32 wins back (SQNR outliers only),
+    latency and size shares, int4 on offer."""
+    headers = ("layer", "int8 SQNR added (dB)", "int8 SQNR at output (dB)", "fp32 gain (points)", "latency (%)",
+               "size (%)", "int4 offered")
     rows = []
     for layer in profile.layers:
         choices = offered.get(layer.name)
         int4 = "–" if choices is None else ("yes" if "int4" in choices else "no")
         rows.append([layer.name, _fmt(layer.int8_added_db, ".1f"), _fmt(layer.int8_sqnr_db, ".1f"),
-                     _fmt(100 * layer.latency_share, ".1f"), _fmt(100 * layer.size_share, ".1f"), int4])
+                     _fmt(layer.fp32_gain, ".2f"), _fmt(100 * layer.latency_share, ".1f"),
+                     _fmt(100 * layer.size_share, ".1f"), int4])
     return Rows(headers, rows)
 
 

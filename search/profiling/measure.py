@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -10,7 +11,9 @@ import torch_pruning as tp
 
 from search.deploy.targets.base import source_onnx
 from search.profiling.profile import GroupProfile, LayerProfile, Profile, ProfileSettings, PrunePoint
-from search.profiling.onnx_figures import OTHER, int8_errors, latency_shares, size_shares
+from evaluators.base import EvalData
+from search.profiling.onnx_figures import OTHER, int8_errors, int8_gains, latency_shares, size_shares
+from search.profiling.seeds import sqnr_outliers
 from search.trials.trial import Stopwatch
 from spaces.base import Plan
 from spaces.layers import layer_names
@@ -42,11 +45,18 @@ def measure_profile(ctx: SearchContext, settings: ProfileSettings) -> Profile:
         latency = latency_shares(onnx_path, layers, ctx.space.example_input.numpy(),
                                  runs=settings.latency_runs)
     size = size_shares(onnx_path, layers)
-    clock.timings["total"] = round(sum(clock.timings.values()), 4)
     profiled = tuple(LayerProfile(name, *errors.get(name, (math.nan, math.nan)), latency[name], size[name])
                      for name in layers)
-    return Profile(groups=groups, layers=profiled, baseline_accuracy=accuracy, samples=samples, seed=ctx.seed,
-                   seconds=clock.timings, latency_unassigned=latency[OTHER])
+    profile = Profile(groups=groups, layers=profiled, baseline_accuracy=accuracy, samples=samples, seed=ctx.seed,
+                      latency_unassigned=latency[OTHER])
+    with clock.stage("fp32_gain"):
+        inputs, labels = val_subset(ctx.data.val, settings.samples, seed=ctx.seed)
+        candidates = sqnr_outliers(profile, margin_db=settings.fp32_margin_db, max_layers=settings.fp32_max_layers)
+        gains = int8_gains(onnx_path, layers, candidates, calib, EvalData(inputs.numpy(), labels),
+                           settings=ctx.space.quant_spec.settings)
+    clock.timings["total"] = round(sum(clock.timings.values()), 4)
+    return replace(profile, seconds=clock.timings,
+                   layers=tuple(replace(layer, fp32_gain=gains.get(layer.name)) for layer in profiled))
 
 
 def profile_ratios(space: Space) -> tuple[float, ...]:

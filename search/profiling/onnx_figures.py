@@ -14,6 +14,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, qdq_loss_debug
 
+from evaluators.base import EvalData
 from spaces.layers import onnx_layer_nodes, onnx_node_layers
 from spaces.quantization import QuantSettings, quantize
 
@@ -77,6 +78,26 @@ def int8_errors(fp32_path: Path, layers: Sequence[str], calib: np.ndarray, *, sa
         own += _input_rounding(node.input[0], acts["float"], rounding, producers)
         out[layer] = (_db(nsr[produced]) if produced else math.nan, _db(own))
     return out
+
+
+def int8_gains(fp32_path: Path, layers: Sequence[str], candidates: Sequence[str], calib: np.ndarray,
+               val: EvalData, *, settings: QuantSettings) -> dict[str, float]:
+    """``{candidate: accuracy points the all-int8 model wins back with that layer alone fp32}`` on ``val``.
+
+    A low SQNR says a layer's int8 error is large, not that the network minds: the measured
+    accuracy decides whether keeping it fp32 (four times its int8 bytes) is worth it.
+    """
+    from evaluators.accuracy import Accuracy
+
+    accuracy = Accuracy(threads=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        def scored(fp32: str | None) -> float:
+            plan = {n: "fp32" if n == fp32 else "int8" for n in layers}
+            path = quantize(Path(fp32_path), Path(tmp) / f"{fp32 or 'all'}.onnx", plan, calib, settings=settings)
+            return accuracy.measure(path, val)["accuracy"]
+
+        all_int8 = scored(None) if candidates else math.nan
+        return {name: round(scored(name) - all_int8, 4) for name in candidates}
 
 
 def _noise_ratio(reference: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> float:

@@ -36,8 +36,9 @@ class ProfileSettings:
     latency_runs: int = 30        # profiled runs of the fp32 baseline, after 5 warm-up runs
     budgets: tuple[float, ...] = (0.25, 0.4, 0.55)  # seed plans: share of parameters pruned away
     mac_budget: float | None = 0.3  # one more seed: share of MACs pruned away (null: none)
-    fp32_margin_db: float = 10.0  # a layer this far below the median int8 SQNR stays fp32 in seeds
-    fp32_max_layers: int = 3      # at most this many such layers
+    fp32_margin_db: float = 10.0  # a layer this far below the median int8 SQNR is a candidate for fp32 in seeds
+    fp32_max_layers: int = 3      # at most this many candidates
+    fp32_min_gain: float = 0.2    # a candidate stays fp32 only if that wins back this many points (measured)
 
     def __post_init__(self) -> None:
         for key in ("samples", "calib_samples", "latency_runs"):
@@ -52,6 +53,9 @@ class ProfileSettings:
                                  f"{'MACs' if key == 'mac_budget' else 'parameters'} the seed plan prunes away")
         if self.fp32_max_layers < 0:
             raise ValueError(f"search.profile.fp32_max_layers={self.fp32_max_layers!r} must be >= 0")
+        if not self.fp32_min_gain >= 0:
+            raise ValueError(f"search.profile.fp32_min_gain={self.fp32_min_gain!r} must be >= 0 "
+                             "(accuracy points a candidate layer must win back to stay fp32 in seeds)")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,9 @@ class LayerProfile:
     int8_added_db: float     # the error int8 adds at this layer alone, as an SQNR (higher is better)
     latency_share: float     # of the fp32 baseline's node time on ONNX Runtime, 1 thread
     size_share: float        # of the baseline's fp32 weight bytes
+    # accuracy points the all-int8 model wins back with this layer alone fp32; measured for the int8-SQNR
+    # outliers only (None elsewhere, and in profiles stored before it existed)
+    fp32_gain: float | None = None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ ATTR = "seeds_enqueued"
 OVERSHOOT = 0.25
 
 
-def fp32_outliers(profile: Profile, *, margin_db: float, max_layers: int) -> list[str]:
+def sqnr_outliers(profile: Profile, *, margin_db: float, max_layers: int) -> list[str]:
     """Layers whose own int8 SQNR is ``margin_db`` below the median, worst first, at most ``max_layers``."""
     added = {layer.name: layer.int8_added_db for layer in profile.layers if math.isfinite(layer.int8_added_db)}
     if not added:
@@ -38,6 +38,16 @@ def fp32_outliers(profile: Profile, *, margin_db: float, max_layers: int) -> lis
     median = float(np.median(list(added.values())))
     worst = sorted((db, name) for name, db in added.items() if db < median - margin_db)
     return [name for _, name in worst[:max_layers]]
+
+
+def fp32_outliers(profile: Profile, *, margin_db: float, max_layers: int, min_gain: float) -> list[str]:
+    """The SQNR outliers that the seeds keep fp32: those whose measured gain is at least ``min_gain`` points.
+
+    A profile stored before gains were measured keeps every SQNR outlier, as it did then.
+    """
+    gains = {layer.name: layer.fp32_gain for layer in profile.layers}
+    return [name for name in sqnr_outliers(profile, margin_db=margin_db, max_layers=max_layers)
+            if gains.get(name) is None or gains[name] >= min_gain]
 
 
 def greedy_groups(profile: Profile, *, ratio: float, budget: float, by: str = "params") -> tuple[list[str], float]:
@@ -73,7 +83,8 @@ def seed_plans(space: Space, profile: Profile, settings: ProfileSettings) -> lis
     if not profile.ratios:
         return []
     ratio = max(profile.ratios)
-    kept = fp32_outliers(profile, margin_db=settings.fp32_margin_db, max_layers=settings.fp32_max_layers)
+    kept = fp32_outliers(profile, margin_db=settings.fp32_margin_db, max_layers=settings.fp32_max_layers,
+                         min_gain=settings.fp32_min_gain)
     quant = {layer_of(k.name): "fp32" if layer_of(k.name) in kept else "int8" for k in space.quant_knobs}
     budgets = [(b, "params") for b in settings.budgets] + ([(settings.mac_budget, "macs")]
                                                            if settings.mac_budget else [])

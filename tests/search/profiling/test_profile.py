@@ -19,7 +19,7 @@ from search.profiling.profile import (GroupProfile, LayerProfile, Profile, Profi
 from search.profiling.measure import measure_profile
 from search.inspect.report import write_report
 from search.runner import Job, build_context, prepare, run_search
-from search.profiling.seeds import greedy_groups, seed_plans
+from search.profiling.seeds import greedy_groups, seed_plans, sqnr_outliers
 from search.study import SearchSettings
 from search.inspect.tracking import TrackingSettings
 from spaces.kinds.prune import PruneSpec
@@ -137,16 +137,28 @@ def test_greedy_groups_take_the_cheapest_per_share_until_the_budget():
     assert greedy_groups(swapped, ratio=0.5, budget=0.25)[0] == ["b"]
 
 
-def test_seeds_keep_fp32_only_on_layers_whose_int8_error_is_far_worst():
+@pytest.mark.parametrize("gain, kept", [(None, True), (0.5, True), (0.1, False), (-0.3, False)],
+                         ids=["not measured (older profile)", "pays", "too little", "hurts"])
+def test_seeds_keep_fp32_only_on_layers_whose_int8_error_is_far_worst_and_whose_fp32_pays(gain, kept):
     layers = tuple(LayerProfile(n, 30.0, db, 0.25, 0.25) for n, db in (("x", 42.0), ("y", 41.0), ("z", 43.0),
                                                                        ("w", 22.0)))
     space = Space.build(tiny_net(), torch.randn(1, 1, 28, 28), prune_spec=PruneSpec(ratios=(0.0, 0.5)),
                         quant_spec=QuantSpec(precisions=("fp32", "int8")))
     names = [k.name.partition(".")[2] for k in space.quant_knobs]
-    profile = _synthetic({"layer1.conv1": 0.0}, layers=tuple(replace(x, name=n) for x, n in zip(layers, names)))
-    (_, plan), *_ = seed_plans(space, profile, SETTINGS)
-    assert [n for n, p in plan.quant.items() if p == "fp32"] == [names[3]]
+    layers = tuple(replace(x, name=n, fp32_gain=gain if x.name == "w" else None) for x, n in zip(layers, names))
+    profile = _synthetic({"layer1.conv1": 0.0}, layers=layers)
+    (_, plan), *_ = seed_plans(space, profile, SETTINGS)  # fp32_min_gain 0.2
+    assert [n for n, p in plan.quant.items() if p == "fp32"] == ([names[3]] if kept else [])
     space.check(plan)
+
+
+def test_the_profile_measures_what_fp32_wins_back_on_exactly_the_sqnr_outliers(ctx):
+    settings = replace(SETTINGS, fp32_margin_db=0.0, fp32_max_layers=2)  # the two worst layers are candidates
+    first, second = measure_profile(ctx, settings), measure_profile(ctx, settings)
+    measured = {x.name: x.fp32_gain for x in first.layers if x.fp32_gain is not None}
+    assert set(measured) == set(sqnr_outliers(first, margin_db=0.0, max_layers=2)) and len(measured) == 2
+    assert measured == {x.name: x.fp32_gain for x in second.layers if x.fp32_gain is not None}
+    assert all(abs(gain) < 100 for gain in measured.values()) and "fp32_gain" in first.seconds
 
 
 def _tiny_space() -> Space:
