@@ -11,7 +11,11 @@ trial stops when
 
     drop > max_drop + slack[k] + z * se
 
-where ``max_drop`` is the ``accuracy_drop`` constraint. Why each term is there:
+where ``max_drop`` is the ``accuracy_drop`` constraint, or the accuracy drop of the plan's rival
+when that is lower: a feasible member already better on every other objective, found before
+fine-tuning (search/trials/prescreen.py). A plan that cannot end more accurate than its rival
+cannot enter the front, however feasible it would be (``front``, on by default). Why each term
+is there:
 
 - ``slack[k]``: the steps left after the check still recover accuracy, most of it early
   (the learning rate decays on a cosine), so an earlier check gets a larger allowance.
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from evaluators.base import Constraint, EvalData
+    from search.trials.prescreen import Rival
 
 CONSTRAINED = "accuracy_drop"  # the only constraint a partly fine-tuned torch model can estimate
 BATCH = 500
@@ -51,15 +56,18 @@ BATCH = 500
 class HopelessTrial(optuna.TrialPruned):
     """The fine-tune cannot bring the plan within the accuracy-drop constraint; Optuna records it PRUNED."""
 
-    def __init__(self, reason: str, *, step: int, steps: int, drop: float, bound: float) -> None:
+    def __init__(self, reason: str, *, step: int, steps: int, drop: float, bound: float,
+                 rival: int | None = None) -> None:
         super().__init__(reason)
         self.reason, self.step, self.steps, self.drop, self.bound = reason, step, steps, drop, bound
+        self.rival = rival  # the member the plan could not beat, when that set the bound
         self.timings: dict[str, float] = {}  # the stages the trial ran, filled in by run_trial
 
     def record(self) -> dict[str, Any]:
         """JSON-able, for the trial's user attributes."""
-        return {"step": self.step, "steps": self.steps, "subset_drop": round(self.drop, 4),
-                "bound": round(self.bound, 4)}
+        out = {"step": self.step, "steps": self.steps, "subset_drop": round(self.drop, 4),
+               "bound": round(self.bound, 4)}
+        return out if self.rival is None else {**out, "rival": self.rival}
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ class EarlyStop:
     subset: int = 1000                      # validation samples, seeded and fixed per study
     slack: Sequence[float] = (3.0, 1.5)     # points above the constraint allowed at each check
     z: float = 2.0                          # standard errors of the subset drop allowed on top
+    front: bool = True                      # also hold a plan to its rival's drop (see the module)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checks", tuple(float(c) for c in self.checks))
@@ -81,6 +90,8 @@ class EarlyStop:
         if len(self.slack) != len(self.checks) or any(s < 0 for s in self.slack):
             raise ValueError(f"search.early_stop.slack={list(self.slack)}; allowed: one value >= 0 per check "
                              f"({len(self.checks)} checks)")
+        if not isinstance(self.front, bool):
+            raise ValueError(f"search.early_stop.front={self.front!r}; allowed: true or false")
         if self.subset < 1 or self.z < 0:
             raise ValueError(f"search.early_stop needs subset >= 1 and z >= 0; got subset={self.subset}, "
                              f"z={self.z}")
@@ -137,31 +148,37 @@ class StopRule:
         model.train(was_training)
         return torch.cat(hits).numpy()
 
-    def check(self, steps: int) -> Check:
-        return Check(self, steps)
+    def check(self, steps: int, *, rival: Rival | None = None) -> Check:
+        """The checks of one fine-tune of ``steps`` updates, for a plan that ``rival`` (if any) beats."""
+        return Check(self, steps, rival if self.settings.front else None)
 
-    def judge(self, model: nn.Module, *, step: int, steps: int, slack: float) -> None:
+    def judge(self, model: nn.Module, *, step: int, steps: int, slack: float, rival: Rival | None = None) -> None:
         """Raise :class:`HopelessTrial` when ``model`` is past the bound at ``step``."""
         drop, se = paired_drop(self.baseline_correct, self.correct(model))
-        bound = self.settings.bound(self.max_drop, slack, se)
+        held_to = rival if rival is not None and rival.drop < self.max_drop else None
+        limit = self.max_drop if held_to is None else held_to.drop
+        bound = self.settings.bound(limit, slack, se)
         if drop > bound:
+            against = (f"{CONSTRAINED} <= {self.max_drop:g}" if held_to is None else
+                       f"trial {held_to.number}, better on every other objective, dropped {held_to.drop:.2f}")
             reason = (f"fine-tune step {step}/{steps}: accuracy drop {drop:.2f} points on "
-                      f"{len(self.labels)} validation samples > bound {bound:.2f} ({CONSTRAINED} <= "
-                      f"{self.max_drop:g}, + slack {slack:g}, + {self.settings.z:g} x s.e. {se:.2f})")
-            raise HopelessTrial(reason, step=step, steps=steps, drop=drop, bound=bound)
+                      f"{len(self.labels)} validation samples > bound {bound:.2f} ({against}, + slack {slack:g}, "
+                      f"+ {self.settings.z:g} x s.e. {se:.2f})")
+            raise HopelessTrial(reason, step=step, steps=steps, drop=drop, bound=bound,
+                                rival=None if held_to is None else held_to.number)
 
 
 class Check:
     """What ``finetune(check=..., check_at=...)`` takes: the rule, called at the scheduled steps."""
 
-    def __init__(self, rule: StopRule, steps: int) -> None:
-        self.rule, self.steps = rule, steps
+    def __init__(self, rule: StopRule, steps: int, rival: Rival | None = None) -> None:
+        self.rule, self.steps, self.rival = rule, steps, rival
         self.slack = rule.settings.schedule(steps)
         self.at = frozenset(self.slack)
 
     def __call__(self, step: int, model: nn.Module) -> None:
         if step in self.slack:
-            self.rule.judge(model, step=step, steps=self.steps, slack=self.slack[step])
+            self.rule.judge(model, step=step, steps=self.steps, slack=self.slack[step], rival=self.rival)
 
 
 def stop_rule(settings: EarlyStop | None, constraints: Sequence[Constraint], *, baseline: nn.Module,

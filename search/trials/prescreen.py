@@ -7,6 +7,8 @@ fine-tune costs minutes. A plan that a feasible member already beats on every ob
 accuracy can enter the front only by being more accurate than that member, so when the member is
 within ``max_member_drop`` points of the baseline (a compressed plan gains at most that much)
 the plan is dropped before it is fine-tuned, and recorded PRUNED with the member that beat it.
+A beating member further from the baseline becomes the plan's :class:`Rival`: the fine-tune goes
+on, and the early-stopping rule ends it once the plan cannot finish more accurate than the rival.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from spaces.base import Plan
 
 ACCURACY = "accuracy"
-Screen = Callable[[Mapping[str, float]], None]
+Screen = Callable[[Mapping[str, float]], "Rival | None"]
 
 
 @dataclass(frozen=True)
@@ -78,37 +80,64 @@ def structure_figures(ctx: SearchContext, model: nn.Module, plan: Plan, out_dir:
         shutil.rmtree(work, ignore_errors=True)  # only the figures are kept
 
 
-def beating_member(figures: Mapping[str, float], members: Sequence[TrialResult], objectives: Sequence[Objective],
-                   settings: Prescreen) -> TrialResult | None:
-    """The first member near the baseline's accuracy that is better than ``figures`` on every other objective."""
+def beaters(figures: Mapping[str, float], members: Sequence[TrialResult], objectives: Sequence[Objective],
+            margin: float) -> list[TrialResult]:
+    """The members better than ``figures`` by ``margin`` on every objective but accuracy, in member order."""
     others = [o for o in objectives if o.metric != ACCURACY]
     if not others or len(others) == len(objectives) or any(o.metric not in figures for o in others):
-        return None  # no accuracy objective, or an objective the figures cannot tell: nothing to compare
+        return []  # no accuracy objective, or an objective the figures cannot tell: nothing to compare
 
     def better(member: Mapping[str, float], o: Objective) -> bool:
         if o.direction == "minimize":
-            return member[o.metric] <= figures[o.metric] * (1 - settings.margin)
-        return member[o.metric] >= figures[o.metric] * (1 + settings.margin)
+            return member[o.metric] <= figures[o.metric] * (1 - margin)
+        return member[o.metric] >= figures[o.metric] * (1 + margin)
 
-    for member in members:
-        m = member.metrics
-        if m.get("accuracy_drop", float("inf")) <= settings.max_member_drop and all(better(m, o) for o in others):
-            return member
-    return None
+    return [m for m in members if "accuracy_drop" in m.metrics and all(better(m.metrics, o) for o in others)]
+
+
+def beating_member(figures: Mapping[str, float], members: Sequence[TrialResult], objectives: Sequence[Objective],
+                   settings: Prescreen) -> TrialResult | None:
+    """The first member near the baseline's accuracy that is better than ``figures`` on every other objective."""
+    return next((m for m in beaters(figures, members, objectives, settings.margin)
+                 if m.metrics["accuracy_drop"] <= settings.max_member_drop), None)
+
+
+@dataclass(frozen=True)
+class Rival:
+    """The most accurate feasible member that beats a plan on every objective but accuracy.
+
+    The plan reaches the front only by ending more accurate than it; the fine-tune's
+    early-stopping rule (search/trials/early_stop.py) holds the plan to that.
+    """
+
+    number: int
+    drop: float
+
+
+def rival_of(figures: Mapping[str, float], members: Sequence[TrialResult], objectives: Sequence[Objective],
+             settings: Prescreen) -> Rival | None:
+    found = min(beaters(figures, members, objectives, settings.margin),
+                key=lambda m: m.metrics["accuracy_drop"], default=None)
+    return None if found is None else Rival(found.number, float(found.metrics["accuracy_drop"]))
 
 
 def screen_against(members: Callable[[], Sequence[TrialResult]], objectives: Sequence[Objective],
                    settings: Prescreen | None) -> Screen | None:
-    """What ``run_trial`` calls with a plan's figures before fine-tuning; None when switched off."""
+    """What ``run_trial`` calls with a plan's figures before fine-tuning; None when switched off.
+
+    It raises :class:`DominatedPlan`, or returns the plan's :class:`Rival` (None when no member beats it).
+    """
     if settings is None or not settings.enabled:
         return None
 
-    def screen(figures: Mapping[str, float]) -> None:
-        member = beating_member(figures, members(), objectives, settings)
+    def screen(figures: Mapping[str, float]) -> Rival | None:
+        known = members()
+        member = beating_member(figures, known, objectives, settings)
         if member is not None:
             shown = ", ".join(f"{o.metric} {member.metrics[o.metric]:.4g} vs {figures[o.metric]:.4g}"
                               for o in objectives if o.metric != ACCURACY)
             raise DominatedPlan(f"before fine-tuning, trial {member.number} (accuracy drop "
                                 f"{member.metrics['accuracy_drop']:.2f}) is better on {shown}",
                                 member=member.number, figures=figures)
+        return rival_of(figures, known, objectives, settings)
     return screen

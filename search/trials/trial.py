@@ -145,13 +145,14 @@ def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable
         model = ctx.space.apply(ctx.baseline, plan)
     # A model whose structure is unchanged is the converged baseline: training it again only adds noise.
     pruned = plan.needs_finetune
-    check = ctx.early_stop.check(ctx.finetune.steps) if ctx.early_stop else None
     before: dict[str, float] = {}
+    rival = None
     try:
         if pruned and screen is not None:
             with clock.stage("prescreen"):
                 before = structure_figures(ctx, model, plan, out_dir)
-            screen(before)
+            rival = screen(before)
+        check = ctx.early_stop.check(ctx.finetune.steps, rival=rival) if ctx.early_stop else None
         with clock.stage("finetune"):
             curve = (finetune(model, ctx.data.train, ctx.finetune, seed=ctx.seed, log=log, teacher=ctx.baseline,
                               check=check, check_at=check.at if check else ()) if pruned else [])

@@ -1,6 +1,7 @@
 """Early stopping: the bound's arithmetic, the fine-tune hook, and hopeless trials recorded PRUNED, not FAILED."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ from evaluators.base import EvalData
 from search.budget import claim_slot
 from search.trials.early_stop import EarlyStop, HopelessTrial, StopRule, paired_drop, stop_rule
 from search.trials.finetune import FinetuneSettings, finetune
-from search.runner import Job, preflight, run_search
+from search.trials.prescreen import Rival
+from search.trials.trial import run_trial
+from search.runner import Job, build_context, prepare, preflight, run_search
 from search.sampler import make_sampler
 from search.study import BudgetCallback, FailureLimit, SearchSettings
 from search.inspect.tracking import TrackingSettings
@@ -61,6 +64,7 @@ def test_paired_drop_counts_points_and_its_standard_error():
     ({"checks": (0.5,), "slack": (-1.0,)}, "one value >= 0 per check"),
     ({"subset": 0}, "subset >= 1"),
     ({"z": -1.0}, "z >= 0"),
+    ({"front": "yes"}, "front='yes'; allowed: true or false"),
 ])
 def test_bad_settings_name_the_key_and_what_is_allowed(kwargs, words):
     with pytest.raises(ValueError, match=words):
@@ -119,6 +123,38 @@ def test_a_model_as_good_as_the_baseline_goes_on_and_steps_off_the_schedule_are_
     check(5, Echo())
     check(10, Echo())
     check(7, Zero())  # not a check step
+
+
+class Slip(nn.Module):
+    """Reads the label off its input, but answers wrong on every 25th sample: 4 points below :class:`Echo`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        label, index = x.flatten(1)[:, 0].long(), x.flatten(1)[:, 1].long()
+        return F.one_hot(torch.where(index % 25 == 0, (label + 1) % 10, label), 10).float()
+
+
+def slip_data(n: int = 400) -> EvalData:
+    labels = np.arange(n) % 10
+    inputs = np.stack([labels, np.arange(n)], 1).astype(np.float32).reshape(n, 1, 1, 2)
+    return EvalData(inputs=inputs, labels=labels.astype(np.int64))
+
+
+def test_a_plan_that_cannot_end_more_accurate_than_its_rival_is_stopped_though_it_could_still_be_feasible():
+    rule = StopRule(EarlyStop(), max_drop=1.0, baseline=Echo(), val=slip_data())
+    rule.check(15)(10, Slip())  # 4.0 points at step 10: under the constraint's bound 1 + 1.5 + 2 s.e.
+    with pytest.raises(HopelessTrial) as info:
+        rule.check(15, rival=Rival(number=7, drop=0.0))(10, Slip())
+    stop = info.value
+    se = paired_drop(np.ones(400), np.arange(400) % 25 != 0)[1]
+    assert (stop.drop, stop.bound) == (pytest.approx(4.0), pytest.approx(0.0 + 1.5 + 2.0 * se))
+    assert "(trial 7, better on every other objective, dropped 0.00, + slack 1.5" in stop.reason
+    assert stop.record()["rival"] == 7
+
+
+@pytest.mark.parametrize("settings, rival", [(EarlyStop(), Rival(7, 1.5)), (EarlyStop(front=False), Rival(7, 0.0))],
+                         ids=["rival-less-accurate-than-the-constraint", "front-off"])
+def test_a_rival_holds_a_plan_only_below_the_constraint_and_only_when_front_is_on(settings, rival):
+    StopRule(settings, max_drop=1.0, baseline=Echo(), val=slip_data()).check(15, rival=rival)(10, Slip())
 
 
 def test_the_subset_is_seeded_and_never_larger_than_the_split():
@@ -298,3 +334,31 @@ def test_sync_replays_a_stopped_trial_as_pruned(searched, tmp_path):
     assert {int(r.data.tags["trial"]): r.data.tags["state"] for r in runs} == {0: "PRUNED", 1: "COMPLETE",
                                                                                 2: "COMPLETE"}
     assert sync(outcome.study, tracker, OBJECTIVES, params={}) == 0  # a PRUNED run counts as logged
+
+
+@pytest.mark.parametrize("rival", [None, Rival(number=99, drop=-50.0)], ids=["no-rival", "unbeatable-rival"])
+def test_the_trial_holds_the_fine_tune_to_the_rival_its_screen_found(tmp_path, small_splits, rival):
+    """run_trial hands what the prescreen returned to the fine-tune's checks; the loose constraint never stops it."""
+    job = Job(make_model=tiny_net, data=small_splits, evaluators=[Accuracy(), Size(level=3), Latency(runs=5)],
+              objectives=OBJECTIVES, constraints=[Constraint("accuracy_drop", 100.0)],
+              search=SearchSettings(study_name="rival", n_trials=1), run_dir=tmp_path / "run",
+              cache_dir=tmp_path / "cache", model_key="tiny", baseline_training=FinetuneSettings(steps=60),
+              finetune=FinetuneSettings(steps=15, log_every=5), prune=PruneSpec(ratios=(0.0, 0.5)),
+              quant=QuantSpec(precisions=("fp32", "int8")), tracking=None)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    ctx = build_context(job, study, prepare(job))
+    ctx = replace(ctx, early_stop=stop_rule(EarlyStop(), job.constraints, baseline=ctx.baseline, val=ctx.data.val))
+    plan = plan_of(ctx.space, {k.name: 0.5 for k in ctx.space.prune_knobs})
+    seen = []
+
+    def screen(figures):
+        seen.append(figures)
+        return rival
+
+    if rival is None:
+        assert run_trial(ctx, plan, number=0, screen=screen).metrics["accuracy_drop"] < 100
+    else:
+        with pytest.raises(HopelessTrial) as info:
+            run_trial(ctx, plan, number=0, screen=screen)
+        assert info.value.step == 5 and info.value.rival == 99
+    assert len(seen) == 1 and "size_bytes" in seen[0]

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from evaluators import Constraint, Objective
-from search.trials.prescreen import Prescreen, beating_member
+from search.trials.prescreen import Prescreen, Rival, beating_member, rival_of
 from search.runner import run_search
 from search.trials.trial import TrialResult
 from spaces.base import Plan
@@ -32,6 +32,15 @@ def test_only_a_member_near_the_baseline_and_clearly_better_on_every_other_objec
     assert beating_member(figures, [member(1, 0.05, 50, 0.99)], BOTH, rule) is None   # within timing noise
     assert beating_member(figures, [member(1, 0.05, 50, 0.99)], SIZE_ONLY, rule).number == 1
     assert beating_member(figures, [member(1, 0.05, 50, 0.5)], [BOTH[1]], rule) is None  # no accuracy objective
+
+
+def test_the_rival_is_the_most_accurate_member_clearly_better_on_every_other_objective():
+    rule = Prescreen()
+    figures = {"size_bytes": 100.0, "latency_ms": 1.0}
+    members = [member(1, 0.8, 50, 0.5), member(2, 0.4, 60, 0.6), member(3, 0.1, 200, 0.5), member(4, 0.2, 50, 0.99)]
+    assert rival_of(figures, members, BOTH, rule) == Rival(number=2, drop=0.4)  # 3 is larger, 4 within timing noise
+    assert rival_of(figures, members[2:], BOTH, rule) is None
+    assert rival_of(figures, members, [BOTH[1], BOTH[2]], rule) is None  # no accuracy objective: nothing to hold to
 
 
 def test_a_plan_beaten_before_fine_tuning_is_pruned_and_a_smaller_one_is_measured_as_it_will_ship(tmp_path,
