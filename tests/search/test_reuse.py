@@ -8,6 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from search.runner import run_search
+from search.study import results
 from jobs import make_job
 
 
@@ -22,6 +23,10 @@ def test_a_repeated_plan_reuses_the_earlier_result_and_records_which(tmp_path, s
     assert again.user_attrs["reused_from"] == 2 and again.values == outcome.study.trials[2].values
     assert again.user_attrs["result"]["timings"] == {"total": 0.0}     # no fine-tune, no export, no timing
     assert not (job.run_dir / "trials" / "0003").exists()
+    # the plan is listed, re-timed and on the front once, as the trial that ran it
+    assert [r.number for r in results(outcome.study)] == [0, 1, 2]
+    assert 3 not in [r.number for r in outcome.front]
+    assert "3" not in outcome.study.user_attrs["confirmed"]["trials"]
     run = next(r for r in MlflowClient(job.tracking.uri).search_runs(
         [MlflowClient(job.tracking.uri).get_experiment_by_name("reuse").experiment_id])
         if r.data.tags.get("trial") == "3")
