@@ -121,4 +121,6 @@ def write_report(root: Path, *, command: Sequence[str] = (), name: str = "result
 if __name__ == "__main__":
     # report.py [ROOT] [NAME]: NAME is results (the demo, MLP and alone arms) or mobilenet_v2
     where = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "outputs" / "knob_kinds"
-    print(write_report(where.resolve(), name=sys.argv[2] if len(sys.argv) > 2 else "results").read_text())
+    name = sys.argv[2] if len(sys.argv) > 2 else "results"
+    arms = ",".join(a for a in ARMS if report_of(a) == name)  # the run.py command that makes these studies
+    print(write_report(where.resolve(), command=["--root", str(where), "--only", arms], name=name).read_text())
