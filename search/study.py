@@ -5,6 +5,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import optuna
@@ -14,12 +15,13 @@ from search.budget import BudgetReached, claim_slot, shielded, time_limit
 from search.trials.early_stop import HopelessTrial
 from search.trials.prescreen import DominatedPlan, Prescreen, screen_against
 from search.sampler import SAMPLERS, constraint_violations, make_sampler
-from search.trials.trial import SearchContext, TrialResult, run_trial
+from search.trials.trial import WEIGHTS, SearchContext, TrialResult, run_trial
 from spaces.base import Plan
 
 if TYPE_CHECKING:
     from evaluators.base import Constraint, Objective
     from search.inspect.tracking import Tracker
+    from spaces.space import Space
 
 log = logging.getLogger(__name__)
 LOCAL_WORKER_ENV = "AUTOSQUEEZE_LOCAL_WORKER"  # set for the processes `search.workers=N` starts
@@ -185,9 +187,15 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
                 raise DominatedPlan(f"same plan as trial {judged.number}: {judged.user_attrs['pruned_reason']}",
                                     member=judged.user_attrs["prescreen"]["beaten_by"], figures={})
             screen = screen_against(lambda: feasible_results(trial.study, as_searched=True), objectives, prescreen)
+            trained = trained_twin(trial.study, plan, ctx.space)
+            if trained is not None:
+                trial.set_user_attr("finetune_from", trained.number)
+                log.info("trial %d: same structure as trial %d, its fine-tuned weights loaded (no fine-tune)",
+                         trial.number, trained.number)
             with time_limit(trial_timeout):
                 step = (lambda at, *_: on_step(trial.number, at)) if on_step else None  # fine-tune progress
-                result = run_trial(ctx, plan, number=trial.number, on_stage=stage, log=step, screen=screen)
+                result = run_trial(ctx, plan, number=trial.number, on_stage=stage, log=step, screen=screen,
+                                   trained=trained.weights if trained else None)
         except BudgetReached:
             raise  # not needed: the study already holds its budget
         except (HopelessTrial, DominatedPlan) as stop:
@@ -204,7 +212,8 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
         trial.set_user_attr("constraints", violations)
         trial.set_user_attr("result", result.to_attrs())
         if run_id:
-            tracker.finish_trial(run_id, result, feasible=all(v <= 0 for v in violations))
+            tracker.finish_trial(run_id, result, feasible=all(v <= 0 for v in violations),
+                                 tags={"finetune_from": str(trained.number)} if trained else None)
         return [result.metrics[o.metric] for o in objectives]
 
     return objective
@@ -226,6 +235,31 @@ def evaluated_twin(study: optuna.Study, plan: Plan) -> FrozenTrial | None:
     wanted = plan.to_dict()
     return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                  if "result" in t.user_attrs and t.user_attrs["result"]["plan"] == wanted), None)
+
+
+@dataclass(frozen=True)
+class TrainedTwin:
+    number: int
+    weights: Path
+
+
+def trained_twin(study: optuna.Study, plan: Plan, space: Space) -> TrainedTwin | None:
+    """The first completed trial that fine-tuned the structure ``plan`` asks for, with its weights on this machine.
+
+    Only the kinds that act before fine-tuning shape the weights (``Space.structure_of``): a plan that differs
+    in precisions or sharing alone would fine-tune to the same weights again.
+    """
+    if not plan.needs_finetune:
+        return None
+    wanted = space.structure_of(plan)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        attrs = t.user_attrs.get("result")
+        if attrs is None or "reused_from" in t.user_attrs:
+            continue
+        weights = Path(attrs["model_path"]).with_name(WEIGHTS)
+        if weights.is_file() and space.structure_of(Plan.from_dict(attrs["plan"])) == wanted:
+            return TrainedTwin(t.number, weights)
+    return None
 
 
 def prescreened_twin(study: optuna.Study, plan: Plan) -> FrozenTrial | None:

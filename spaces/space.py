@@ -154,6 +154,10 @@ class Space:
                 model = kind.apply_model(model, self.values(kind.name, plan), self.specs[kind.name], self._env())
         return model
 
+    def structure_of(self, plan: Plan) -> dict[str, dict[str, Any]]:
+        """Every value of the kinds that act before fine-tuning: all that the fine-tuned weights depend on."""
+        return {k.name: self.values(k.name, plan) for k in self.kinds if k.stage == "structure"}
+
     def apply(self, model: nn.Module, plan: Plan) -> nn.Module:
         """A copy of ``model`` with the plan's ``structure`` kinds applied, ready to fine-tune."""
         return self._apply_stage("structure", copy.deepcopy(model).eval(), plan)

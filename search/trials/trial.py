@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
+import torch
+
 from search.deploy.targets.base import Source
 from search.deploy.targets.onnxruntime import OnnxRuntime
 from search.trials.early_stop import HopelessTrial
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from zoo.data import DataSplits
 
 STAGES = ("prune", "prescreen", "finetune", "export", "quantize", "evaluate")
+WEIGHTS = "finetuned.pt"
+"""A fine-tuned trial's torch weights, beside its artifact: a later plan with the same structure loads them."""
 RETIMED = ("latency_ms", "latency_p90_ms", "latency_cv", "speedup")
 """Metrics the end of a search measures again, with more runs; the in-search values stay as ``search_*``."""
 
@@ -133,10 +137,13 @@ class Stopwatch:
 
 
 def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable[[str], None] | None = None,
-              log: Logger | None = None, screen: Screen | None = None) -> TrialResult:
+              log: Logger | None = None, screen: Screen | None = None, trained: Path | None = None) -> TrialResult:
     """Build, export and score the model ``plan`` describes; files go to ``run_dir/trials/<number>``.
 
     ``screen`` sees the plan's size and speed before fine-tuning (search/trials/prescreen.py) and may end the trial.
+    ``trained`` is an earlier trial's :data:`WEIGHTS` for the same structure (``Space.structure_of``): they are
+    loaded instead of fine-tuning, which is fp32 and seeded, so it would compute them again; the kinds that
+    act after it (precisions, sharing, sparsity) are what differs.
     """
     out_dir = ctx.run_dir / "trials" / f"{number:04d}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,8 +161,15 @@ def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable
             rival = screen(before)
         check = ctx.early_stop.check(ctx.finetune.steps, rival=rival) if ctx.early_stop else None
         with clock.stage("finetune"):
-            curve = (finetune(model, ctx.data.train, ctx.finetune, seed=ctx.seed, log=log, teacher=ctx.baseline,
-                              check=check, check_at=check.at if check else ()) if pruned else [])
+            if pruned and trained is not None:
+                model.load_state_dict(torch.load(trained, weights_only=True))
+                curve = []
+            else:
+                curve = (finetune(model, ctx.data.train, ctx.finetune, seed=ctx.seed, log=log,
+                                  teacher=ctx.baseline, check=check, check_at=check.at if check else ())
+                         if pruned else [])
+                if pruned:
+                    torch.save(model.state_dict(), out_dir / WEIGHTS)
     except (HopelessTrial, DominatedPlan) as stop:
         stop.timings = {**clock.timings, "total": round(sum(clock.timings.values()), 4)}  # its cost, for the record
         raise

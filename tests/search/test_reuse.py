@@ -32,3 +32,35 @@ def test_a_repeated_plan_reuses_the_earlier_result_and_records_which(tmp_path, s
         if r.data.tags.get("trial") == "3")
     assert run.data.tags["reused_from"] == "2"
     assert run.data.metrics["accuracy"] == pytest.approx(again.values[0])
+
+
+def test_a_plan_with_a_finished_plans_structure_loads_its_fine_tuned_weights_instead_of_fine_tuning(tmp_path,
+                                                                                                    small_splits):
+    import onnx
+    from onnx import numpy_helper
+
+    job = make_job(tmp_path, small_splits, study="weights")
+    run_search(job)  # the reference plans: fp32, int8, prune 0.25 + int8 (fine-tuned)
+    trials = job.run_dir / "trials"
+    assert (trials / "0002" / "finetuned.pt").is_file()
+    assert not (trials / "0001" / "finetuned.pt").exists()  # not pruned, not fine-tuned
+    study = optuna.load_study(study_name="weights", storage=job.storage_url)
+    source = study.trials[2]
+    study.enqueue_trial({k: (v if k.startswith("prune.") else "fp32") for k, v in source.params.items()})
+    outcome = run_search(replace(job, search=replace(job.search, n_trials=4)))
+    again = outcome.study.trials[3]
+    assert again.state == optuna.trial.TrialState.COMPLETE and "reused_from" not in again.user_attrs
+    assert again.user_attrs["finetune_from"] == 2
+    assert again.user_attrs["result"]["curve"] == [] and source.user_attrs["result"]["curve"]
+    assert not (trials / "0003" / "finetuned.pt").exists()  # a copy would add nothing
+
+    def weights(path):
+        return {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+
+    mine, theirs = weights(trials / "0003" / "model_fp32.onnx"), weights(trials / "0002" / "model_fp32.onnx")
+    assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)
+    assert again.values[1] > source.values[1]  # fp32 where the source is int8: a larger file, measured anew
+    client = MlflowClient(job.tracking.uri)
+    run = next(r for r in client.search_runs([client.get_experiment_by_name("weights").experiment_id])
+               if r.data.tags.get("trial") == "3")
+    assert run.data.tags["finetune_from"] == "2"
