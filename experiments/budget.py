@@ -25,6 +25,8 @@ class Spend:
     finetune_s: float        # every trial's fine-tune, stopped ones included
     per_completed_s: float   # the above over the completed trials: what a completed trial cost in fine-tuning
     steps: int               # fine-tune steps run, stopped trials included: the same count on a busy or idle machine
+    loaded: int = 0          # completed trials that loaded a same-structure trial's fine-tuned weights
+    against_rival: int = 0   # early stops held to a rival's drop, not the constraint's
 
     def row(self, name: str) -> str:
         per = self.steps / self.completed if self.completed else 0.0
@@ -55,7 +57,9 @@ def spend(trials: Sequence[FrozenTrial]) -> Spend:
     total = sum(finetune_s(t) for t in (*done, *stopped))
     return Spend(completed=len(done), early_stopped=len(stopped) - len(prescreened), prescreened=len(prescreened),
                  reused=sum("reused_from" in t.user_attrs for t in done), finetune_s=total,
-                 per_completed_s=total / len(done) if done else 0.0, steps=sum(steps(t) for t in (*done, *stopped)))
+                 per_completed_s=total / len(done) if done else 0.0, steps=sum(steps(t) for t in (*done, *stopped)),
+                 loaded=sum("finetune_from" in t.user_attrs for t in done),
+                 against_rival=sum("rival" in t.user_attrs.get("early_stop", {}) for t in stopped))
 
 
 def started_at(study: optuna.Study, profile_s: float) -> float:

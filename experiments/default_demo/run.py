@@ -109,8 +109,10 @@ defaults in an empty folder: resnet_small trained on Fashion-MNIST, then {len(st
 {budget.HEADER}
 {spent.row("autosqueeze")}
 
-- Trials that ended early: {spent.early_stopped} by the fine-tune checks, {spent.prescreened} before fine-tuning
-  (beaten on size and speed by a near-baseline member), of {len(study.trials)} trials in all.
+- Trials that ended early: {spent.early_stopped} by the fine-tune checks ({spent.against_rival} of them held to a
+  rival's drop), {spent.prescreened} before fine-tuning (beaten on size and speed by a near-baseline member), of
+  {len(study.trials)} trials in all. Completed trials that loaded a same-structure trial's fine-tuned weights
+  instead of fine-tuning: {spent.loaded}.
 - NSGA-II children with a block move (one resolution stage's knobs set to one value): {len(moves)} of the
   completed trials; front members among them: {moved_front or 'none'}. Seed plans from the profile: trials
   {sorted(seeds) or 'none'}.
