@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -29,8 +30,8 @@ HERE = Path(__file__).resolve().parent
 RUNS = 300  # paired latency runs per plan and target (a search times 100)
 
 
-def score(root: Path, source: str, trials: int) -> list[dict]:
-    """Every completed plan of ``mnv2-<source>`` built and timed on every target."""
+def score(root: Path, source: str, trials: int, targets: tuple[str, ...] = TARGETS, repeats: int = 1) -> list[dict]:
+    """Every completed plan of ``mnv2-<source>`` built and timed on ``targets``, ``repeats`` times each (median)."""
     import optuna
 
     from search.cli import build_job, load_config
@@ -42,18 +43,24 @@ def score(root: Path, source: str, trials: int) -> list[dict]:
     study = optuna.load_study(study_name=f"mnv2-{source}", storage=f"sqlite:///{root}/mnv2-{source}/study.db")
     plans = results(study, as_searched=True)
     rows = []
-    for target in TARGETS:
+    for target in targets:
         cfg = load_config([*overrides(root, target, trials), f"paths.run_dir={root}/across/{target}",
                            f"evaluator.evaluators.latency.runs={RUNS}"])
         job = build_job(cfg)
         ctx = build_context(job, optuna.create_study(directions=["minimize"]), prepare(job))
         for result in plans:
             start = time.perf_counter()
-            with tempfile.TemporaryDirectory(dir=root) as work:
-                figures = structure_figures(ctx, ctx.space.apply(ctx.baseline, result.plan), result.plan, Path(work))
+            timed = []
+            for _ in range(repeats):
+                with tempfile.TemporaryDirectory(dir=root) as work:
+                    timed.append(structure_figures(ctx, ctx.space.apply(ctx.baseline, result.plan), result.plan,
+                                                   Path(work)))
+            speedups = [f["baseline_raw_ms"] / f["latency_raw_ms"] for f in timed]
+            figures = timed[speedups.index(statistics.median_low(speedups))]
             ratios = relative(figures, ctx.baseline_metrics)
             rows.append({"trial": result.number, "target": target, "size_ratio": round(ratios["size_ratio"], 3),
-                         "speedup": round(figures["baseline_raw_ms"] / figures["latency_raw_ms"], 3),
+                         "speedup": round(statistics.median(speedups), 3),
+                         "speedups": [round(v, 3) for v in speedups],
                          "latency_cv": round(figures["latency_cv"], 3),
                          "accuracy_drop": round(result.metrics["accuracy_drop"], 3),
                          "speedup_in_search": round(result.metrics.get("speedup", float("nan")), 3),
@@ -69,18 +76,20 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic) if len(a) > 2 else float("nan")
 
 
-def write(rows: list[dict], source: str, command: list[str]) -> Path:
+def write(rows: list[dict], source: str) -> Path:
     from machine import markdown
 
-    trials = sorted({r["trial"] for r in rows})
+    trials = sorted(set.intersection(*({r["trial"] for r in rows if r["target"] == t} for t in TARGETS)))
     cell = {(r["trial"], r["target"]): r for r in rows}
     text = ["# One search's plans on every target", "",
-            f"Command: `nice -n 5 .venv/bin/python experiments/targets/across.py {' '.join(command)}`, after "
+            "Command: `nice -n 5 .venv/bin/python experiments/targets/across.py --root ROOT [--targets T,...] "
+            f"[--repeats N]` (the runs behind these numbers are listed below), after "
             f"`experiments/targets/run.py --only {source} --no-score` made the source study "
             f"(`experiment=mobilenet_v2`, `space.quant.precisions=[fp32,int8]`).", "",
             f"Every completed plan of the `target={source}` study, applied to the same cached baseline and built for "
             "each target without fine-tuning (size and speed depend only on structure and precisions), timed "
-            f"interleaved with that target's own fp32 baseline artifact ({RUNS} runs, batch 1, 1 thread). The "
+            f"interleaved with that target's own fp32 baseline artifact ({RUNS} runs, batch 1, 1 thread; the median "
+            "of the repeats where a plan was built and timed more than once, see across.json). The "
             f"accuracy drop is the {source} search's, after fine-tuning, on validation.", "",
             "| trial | val drop | " + " | ".join(f"{t} size | {t} speedup" for t in TARGETS) + " |",
             "|---|---|" + "---|---|" * len(TARGETS)]
@@ -113,11 +122,18 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=ROOT / "outputs" / "targets")
     parser.add_argument("--source", default="onnxruntime", choices=TARGETS)
+    parser.add_argument("--targets", default=",".join(TARGETS), help="score on these (their rows in across.json "
+                        "are replaced, the others kept)")
+    parser.add_argument("--repeats", type=int, default=1, help="build and time each plan this many times (median)")
     parser.add_argument("--report-only", action="store_true", help="rewrite across.md from across.json")
     args = parser.parse_args()
     root = args.root.resolve()
     trials = json.loads((root / "settings.json").read_text())["trials"] if (root / "settings.json").is_file() else 6
     saved = root / "across.json"
     if not args.report_only:
-        saved.write_text(json.dumps(score(root, args.source, trials), indent=2))
-    print(write(json.loads(saved.read_text()), args.source, sys.argv[1:]).read_text())
+        chosen = tuple(t for t in args.targets.split(",") if t)
+        kept = [r for r in json.loads(saved.read_text()) if r["target"] not in chosen] if saved.is_file() else []
+        fresh = score(root, args.source, trials, chosen, args.repeats)
+        saved.write_text(json.dumps(sorted(kept + fresh, key=lambda r: (TARGETS.index(r["target"]), r["trial"])),
+                                    indent=2))
+    print(write(json.loads(saved.read_text()), args.source).read_text())
