@@ -116,8 +116,11 @@ class Rival:
 
 def rival_of(figures: Mapping[str, float], members: Sequence[TrialResult], objectives: Sequence[Objective],
              settings: Prescreen) -> Rival | None:
-    found = min(beaters(figures, members, objectives, settings.margin),
-                key=lambda m: m.metrics["accuracy_drop"], default=None)
+    return most_accurate(beaters(figures, members, objectives, settings.margin))
+
+
+def most_accurate(members: Sequence[TrialResult]) -> Rival | None:
+    found = min(members, key=lambda m: m.metrics["accuracy_drop"], default=None)
     return None if found is None else Rival(found.number, float(found.metrics["accuracy_drop"]))
 
 
@@ -131,13 +134,13 @@ def screen_against(members: Callable[[], Sequence[TrialResult]], objectives: Seq
         return None
 
     def screen(figures: Mapping[str, float]) -> Rival | None:
-        known = members()
-        member = beating_member(figures, known, objectives, settings)
+        beating = beaters(figures, members(), objectives, settings.margin)  # once: both rules read it
+        member = next((m for m in beating if m.metrics["accuracy_drop"] <= settings.max_member_drop), None)
         if member is not None:
             shown = ", ".join(f"{o.metric} {member.metrics[o.metric]:.4g} vs {figures[o.metric]:.4g}"
                               for o in objectives if o.metric != ACCURACY)
             raise DominatedPlan(f"before fine-tuning, trial {member.number} (accuracy drop "
                                 f"{member.metrics['accuracy_drop']:.2f}) is better on {shown}",
                                 member=member.number, figures=figures)
-        return rival_of(figures, known, objectives, settings)
+        return most_accurate(beating)
     return screen
