@@ -63,8 +63,11 @@ class _Batches(CalibrationDataReader):
 class QuantSettings:
     activation_type: str = "uint8"
     per_channel: bool = True
-    calibration: str = "minmax"
+    # MobileNetV2, uniform int8: minmax lost 0.50 points, percentile 99.99 0.22; pruned and fine-tuned 0.34
+    # against 0.04 (experiments/mobilenet_v2/calibration.md). ORT's own default percentile, 99.999, 0.34 / 0.28.
+    calibration: str = "percentile"
     calib_batch_size: int = 64
+    percentile: float = 99.99  # the share of each activation's calibration values its int8 range covers
 
     def __post_init__(self) -> None:
         for key, value, allowed in (("activation_type", self.activation_type, ACTIVATION_TYPES),
@@ -73,6 +76,12 @@ class QuantSettings:
                 raise PlanError(f"space.quant.{key}={value!r} is unknown; allowed: {', '.join(allowed)}")
         if not isinstance(self.calib_batch_size, int) or self.calib_batch_size < 1:
             raise PlanError(f"space.quant.calib_batch_size={self.calib_batch_size!r} must be an integer >= 1")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
+                or not 50.0 < self.percentile <= 100.0:
+            raise PlanError(f"space.quant.percentile={self.percentile!r} must be a number in (50, 100]")
+
+    def calibration_options(self) -> dict[str, float]:
+        return {"CalibPercentile": float(self.percentile)} if self.calibration == "percentile" else {}
 
 
 def quantize(fp32_path: Path, out_path: Path, precisions: Mapping[str, str], calib: np.ndarray,
@@ -117,7 +126,8 @@ def quantize(fp32_path: Path, out_path: Path, precisions: Mapping[str, str], cal
             per_channel=settings.per_channel,
             calibrate_method=CALIBRATION[settings.calibration],
             nodes_to_exclude=sorted(keep_fp32),
-            extra_options={"TensorQuantOverrides": overrides} if overrides else {},
+            extra_options={**settings.calibration_options(),
+                           **({"TensorQuantOverrides": overrides} if overrides else {})},
         )
     if source is not fp32_path:  # the opset-converted copy is an intermediate, not an artifact
         Path(source).unlink(missing_ok=True)

@@ -127,6 +127,12 @@ def test_calibration_batch_size_must_be_a_positive_int(size):
         QuantSettings(calib_batch_size=size)
 
 
+@pytest.mark.parametrize("percentile", [50.0, 100.5, "99", True])
+def test_percentile_must_lie_above_the_median(percentile):
+    with pytest.raises(PlanError, match=r"space.quant.percentile.*\(50, 100\]"):
+        QuantSettings(calibration="percentile", percentile=percentile)
+
+
 # --- quantize() ------------------------------------------------------------------------------
 
 
@@ -303,6 +309,23 @@ def test_per_tensor_and_int8_activation_settings(fp32_path, small_splits, tmp_pa
     assert numpy_helper.to_array(graph.inits[node.input[1]]).shape == ()  # one scale for the tensor
     zero_points = {dtype(graph.inits[n.input[2]]) for n in graph.model.graph.node if n.op_type == "QuantizeLinear"}
     assert zero_points == {"INT8"}
+
+
+def activation_scales(model: onnx.ModelProto) -> dict[str, float]:
+    inits = {init.name: init for init in model.graph.initializer}
+    return {node.input[0]: float(numpy_helper.to_array(inits[node.input[1]]))
+            for node in model.graph.node if node.op_type == "QuantizeLinear" and node.input[0] not in inits}
+
+
+def test_a_lower_percentile_clips_activation_ranges(fp32_path, small_splits, tmp_path):
+    int8 = {n: "int8" for n in LAYERS}
+    full = activation_scales(quant(fp32_path, tmp_path, int8, small_splits.calib, calibration="percentile",
+                                   percentile=100.0))
+    clipped = activation_scales(quant(fp32_path, tmp_path, int8, small_splits.calib, calibration="percentile",
+                                      percentile=99.0))
+    assert full.keys() == clipped.keys() and full
+    assert all(clipped[t] <= full[t] * (1 + 1e-6) for t in full)
+    assert sum(clipped[t] < 0.9 * full[t] for t in full) >= len(full) // 2  # most ranges have a tail to cut
 
 
 def test_unknown_layer_in_precisions_is_a_plan_error(fp32_path, small_splits, tmp_path):
