@@ -1,8 +1,9 @@
 """The precision knob, and ONNX Runtime static QDQ quantization with per-layer precisions."""
 from __future__ import annotations
 
+import io
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
@@ -203,12 +204,14 @@ def _opset(model: onnx.ModelProto) -> int:
 
 @contextmanager
 def _quiet_root_logger() -> Iterator[None]:
-    """ORT's quantizer warns on the root logger about every model; only errors matter here."""
+    """ORT's quantizer warns on the root logger about every model, and its histogram calibrators print
+    their progress to stdout on every call; only errors matter here."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.setLevel(level)
 

@@ -332,3 +332,9 @@ def test_unknown_layer_in_precisions_is_a_plan_error(fp32_path, small_splits, tm
     with pytest.raises(PlanError, match="layer3.conv1"):
         quantize(fp32_path, tmp_path / "model.onnx", {"layer3.conv1": "int8"}, small_splits.calib)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_histogram_calibration_prints_nothing(fp32_path, small_splits, tmp_path, capfd):
+    quant(fp32_path, tmp_path, {n: "int8" for n in LAYERS}, small_splits.calib, calibration="percentile")
+    quant(fp32_path, tmp_path, {n: "int8" for n in LAYERS}, small_splits.calib, calibration="entropy")
+    assert capfd.readouterr().out == ""
