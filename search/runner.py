@@ -238,7 +238,8 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
     job.run_dir.mkdir(parents=True, exist_ok=True)
     storage = make_storage(job.storage_url, job.heartbeat, on_stale=_mark_killed(tracker))
     prepared = prepare(job, checked)
-    study = open_study(job.search, storage, job.objectives, blocks=prepared[1].blocks)
+    study = open_study(job.search, storage, job.objectives, blocks=prepared[1].blocks,
+                       structure=prepared[1].structure_knobs)
     if job.config and "config" not in study.user_attrs:
         study.set_user_attr("config", job.config)
     check_fingerprint(study, fingerprint(data=job.data, baseline=prepared[0], constraints=job.constraints,

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.study import Study
-from optuna.trial import FrozenTrial
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 
@@ -23,9 +23,11 @@ class SeededNSGAIISampler(optuna.samplers.NSGAIISampler):
     """
 
     def __init__(self, *, blocks: Sequence[Sequence[str]] = (), block_move_prob: float = 0.0,
+                 structure: Mapping[str, Any] | None = None, keep_structure_prob: float = 0.0,
                  seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(seed=seed, **kwargs)
         self.blocks, self.block_move_prob = [tuple(b) for b in blocks], block_move_prob
+        self.structure, self.keep_structure_prob = dict(structure or {}), keep_structure_prob
         self.move_rng = np.random.RandomState(seed)
 
     def sample_relative(self, study: Study, trial: FrozenTrial,
@@ -37,8 +39,17 @@ class SeededNSGAIISampler(optuna.samplers.NSGAIISampler):
         "every late group at 0.5" are neither smaller nor faster, so the search never gets there;
         one block move does it in a single child. With probability ``block_move_prob`` a child
         gets one: a random block, set to a value its knobs share, other than the one most hold now.
+
+        Before that, with probability ``keep_structure_prob``, a child instead keeps the structure of a
+        feasible front member (:func:`keep_structure`) and is not moved: it costs no fine-tune.
         """
         params = super().sample_relative(study, trial, search_space)
+        if params and self.structure and self.move_rng.rand() < self.keep_structure_prob:
+            kept = keep_structure(study, self.structure, search_space, params, self.move_rng)
+            if kept:
+                member, moved = kept
+                study._storage.set_trial_user_attr(trial._trial_id, "kept_structure", member)
+                return {**params, **moved}
         if not params or not self.blocks or self.move_rng.rand() >= self.block_move_prob:
             return params
         block = [n for n in self.blocks[self.move_rng.randint(len(self.blocks))] if n in search_space]
@@ -71,6 +82,43 @@ def block_move(block: Sequence[str], space: dict[str, BaseDistribution], params:
     return {name: value for name in block}
 
 
+def keep_structure(study: Study, structure: Mapping[str, Any], space: dict[str, BaseDistribution],
+                   params: dict[str, Any], rng: np.random.RandomState) -> tuple[int, dict[str, Any]] | None:
+    """A feasible front member's structure knobs, to put into ``params``; ``None`` when there is none to keep.
+
+    ``structure`` maps the knobs acting before fine-tuning to their neutral value (``Space.structure_knobs``).
+    The child then differs from that member only in what acts after fine-tuning, so the trial loads the
+    member's fine-tuned weights instead of fine-tuning (``study.trained_twin``): a precision variant of a good
+    structure costs an export and a measurement, where a new structure costs a fine-tune. Members that were
+    not fine-tuned (every structure knob neutral) are left out; when the child would repeat the member
+    exactly, one of its other knobs takes another value.
+    """
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.values is not None and all(v <= 0 for v in constraint_violations(t))
+              and "reused_from" not in t.user_attrs]
+    members = [t for t in _non_dominated(trials, study.directions)
+               if any(t.params.get(n, neutral) != neutral for n, neutral in structure.items())]
+    if not members:
+        return None
+    member = members[rng.randint(len(members))]
+    kept = {n: v for n, v in member.params.items() if n in structure and n in space}
+    rest = [n for n in space if n not in structure and isinstance(space[n], CategoricalDistribution)
+            and len(space[n].choices) > 1]
+    # Knobs NSGA-II mutates are missing from ``params`` and drawn later, maybe as the member holds them.
+    if rest and not any(n in params and params[n] != member.params.get(n) for n in rest):
+        name = rest[rng.randint(len(rest))]
+        other = [c for c in space[name].choices if c != member.params.get(name)]
+        kept[name] = other[rng.randint(len(other))]
+    return member.number, kept
+
+
+def _non_dominated(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]) -> list[FrozenTrial]:
+    sign = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in directions])
+    losses = np.array([t.values for t in trials], dtype=float).reshape(len(trials), len(directions)) * sign
+    return [t for t, row in zip(trials, losses)
+            if not np.any(np.all(losses <= row, axis=1) & np.any(losses < row, axis=1))]
+
+
 UNMEASURED = 1e9
 """The violation of a trial whose constraints were never measured (stopped early): infeasible, worse than any
 measured one, and finite, since Optuna stores it and a browser cannot parse the ``Infinity`` JSON an inf becomes
@@ -82,10 +130,12 @@ def constraint_violations(trial: FrozenTrial) -> Sequence[float]:
 
 
 def make_sampler(name: str, *, seed: int, population_size: int, blocks: Sequence[Sequence[str]] = (),
-                 block_move_prob: float = 0.0) -> optuna.samplers.BaseSampler:
+                 block_move_prob: float = 0.0, structure: Mapping[str, Any] | None = None,
+                 keep_structure_prob: float = 0.0) -> optuna.samplers.BaseSampler:
     if name == "nsga2":
         return SeededNSGAIISampler(population_size=population_size, seed=seed, constraints_func=constraint_violations,
-                                   blocks=blocks, block_move_prob=block_move_prob)
+                                   blocks=blocks, block_move_prob=block_move_prob, structure=structure,
+                                   keep_structure_prob=keep_structure_prob)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, constraints_func=constraint_violations, multivariate=True)
     if name == "gp":

@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -40,6 +40,7 @@ class SearchSettings:
     sampler: str = "nsga2"
     population_size: int = 8
     block_move_prob: float = 0.5
+    keep_structure_prob: float = 0.25
     seed: int = 0
     reference_ratio: float = 0.25
     max_failures: int = 5
@@ -56,6 +57,9 @@ class SearchSettings:
         if not 0.0 <= self.block_move_prob <= 1.0:
             raise ValueError(f"search.block_move_prob={self.block_move_prob!r} is outside [0, 1]; it is the "
                              "chance that an NSGA-II child also sets one resolution stage's knobs to one value")
+        if not 0.0 <= self.keep_structure_prob <= 1.0:
+            raise ValueError(f"search.keep_structure_prob={self.keep_structure_prob!r} is outside [0, 1]; it is the "
+                             "chance that an NSGA-II child keeps a fine-tuned front member's structure")
 
 
 def feasible(trial: FrozenTrial) -> bool:
@@ -63,17 +67,20 @@ def feasible(trial: FrozenTrial) -> bool:
 
 
 def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage,
-               objectives: Sequence[Objective], blocks: Sequence[Sequence[str]] = ()) -> optuna.Study:
+               objectives: Sequence[Objective], blocks: Sequence[Sequence[str]] = (),
+               structure: Mapping[str, Any] | None = None) -> optuna.Study:
     """Create the study, or load it when one of that name exists; its objectives must match.
 
-    ``blocks`` are the knob names NSGA-II may move together (``Space.blocks``).
+    ``blocks`` are the knob names NSGA-II may move together (``Space.blocks``); ``structure`` the knobs
+    that shape the fine-tuned weights, with their neutral values (``Space.structure_knobs``).
     """
     study = optuna.create_study(study_name=settings.study_name, storage=storage, load_if_exists=True,
-                                directions=[o.direction for o in objectives], sampler=_sampler(settings, blocks))
+                                directions=[o.direction for o in objectives],
+                                sampler=_sampler(settings, blocks, structure))
     # A resumed study, or a second worker, must not replay the first run's random draws.
     offset = len(study.get_trials(deepcopy=False)) + (os.getpid() if os.environ.get(LOCAL_WORKER_ENV) else 0)
     if offset:
-        study.sampler = _sampler(settings, blocks, seed=settings.seed + offset)
+        study.sampler = _sampler(settings, blocks, structure, seed=settings.seed + offset)
     if study.user_attrs.get("objectives") is None:
         study.set_user_attr("objectives", [o.metric for o in objectives])
     check_objectives(study, objectives)
@@ -82,11 +89,12 @@ def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage,
     return study
 
 
-def _sampler(settings: SearchSettings, blocks: Sequence[Sequence[str]],
+def _sampler(settings: SearchSettings, blocks: Sequence[Sequence[str]], structure: Mapping[str, Any] | None,
              seed: int | None = None) -> optuna.samplers.BaseSampler:
     return make_sampler(settings.sampler, seed=settings.seed if seed is None else seed,
                         population_size=settings.population_size, blocks=blocks,
-                        block_move_prob=settings.block_move_prob)
+                        block_move_prob=settings.block_move_prob, structure=structure,
+                        keep_structure_prob=settings.keep_structure_prob)
 
 
 def check_objectives(study: optuna.Study, objectives: Sequence[Objective]) -> None:

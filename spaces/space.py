@@ -154,6 +154,12 @@ class Space:
                 model = kind.apply_model(model, self.values(kind.name, plan), self.specs[kind.name], self._env())
         return model
 
+    @property
+    def structure_knobs(self) -> dict[str, Any]:
+        """``{knob name: neutral value}`` of the kinds that act before fine-tuning (the fine-tuned weights' shape)."""
+        return {knob.name: kind.neutral for kind in self.kinds if kind.stage == "structure"
+                for knob in self.knobs_by_kind[kind.name]}
+
     def structure_of(self, plan: Plan) -> dict[str, dict[str, Any]]:
         """Every value of the kinds that act before fine-tuning: all that the fine-tuned weights depend on."""
         return {k.name: self.values(k.name, plan) for k in self.kinds if k.stage == "structure"}

@@ -89,6 +89,8 @@ def main() -> None:
     spent = budget.spend(study.trials)
     moves = [t for t in trials if "block_move" in t.user_attrs]
     moved_front = sorted({r["trial"] for r in rows} & {t.number for t in moves})
+    kept = [t for t in trials if "kept_structure" in t.user_attrs]
+    kept_front = sorted({r["trial"] for r in rows} & {t.number for t in kept})
     seeds = {t.number for t in study.trials if "seed" in t.user_attrs}
     (HERE / "results.md").write_text(f"""# Default demo: `autosqueeze search` on a fresh machine
 
@@ -114,8 +116,9 @@ defaults in an empty folder: resnet_small trained on Fashion-MNIST, then {len(st
   {len(study.trials)} trials in all. Completed trials that loaded a same-structure trial's fine-tuned weights
   instead of fine-tuning: {spent.loaded}.
 - NSGA-II children with a block move (one resolution stage's knobs set to one value): {len(moves)} of the
-  completed trials; front members among them: {moved_front or 'none'}. Seed plans from the profile: trials
-  {sorted(seeds) or 'none'}.
+  completed trials; front members among them: {moved_front or 'none'}. Children that kept a front member's
+  structure (precision variants, no fine-tune): {len(kept)} of the completed trials; front members among them:
+  {kept_front or 'none'}. Seed plans from the profile: trials {sorted(seeds) or 'none'}.
 
 ## Per-stage median over the completed trials (seconds)
 

@@ -64,3 +64,20 @@ def test_a_plan_with_a_finished_plans_structure_loads_its_fine_tuned_weights_ins
     run = next(r for r in client.search_runs([client.get_experiment_by_name("weights").experiment_id])
                if r.data.tags.get("trial") == "3")
     assert run.data.tags["finetune_from"] == "2"
+
+
+def test_a_child_that_keeps_a_front_members_structure_loads_its_weights(tmp_path, small_splits):
+    from evaluators import Constraint
+
+    job = make_job(tmp_path, small_splits, study="keep", n_trials=5)
+    job = replace(job, profile=None, constraints=[Constraint("accuracy_drop", 100.0)],  # every plan feasible
+                  search=replace(job.search, sampler="nsga2", population_size=3, keep_structure_prob=1.0))
+    outcome = run_search(job)
+    children = outcome.study.trials[3:]  # after the three reference plans (generation 0)
+    assert children and all("kept_structure" in t.user_attrs for t in children)
+    for child in children:
+        member = outcome.study.trials[child.user_attrs["kept_structure"]]
+        assert child.user_attrs["finetune_from"] <= member.number
+        assert child.user_attrs["result"]["curve"] == [] and child.params != member.params
+        assert {k: v for k, v in child.params.items() if k.startswith("prune.")} == \
+            {k: v for k, v in member.params.items() if k.startswith("prune.")}

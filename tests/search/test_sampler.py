@@ -124,3 +124,67 @@ def test_a_stopped_trial_stores_finite_constraints_so_browsers_can_read_the_stud
     if stored is not None:  # a sampler without constraints stores none
         json.dumps(stored, allow_nan=False)
         assert all(v > 0 for v in stored)  # still infeasible
+
+
+STRUCTURE = {f"prune.g{i}": 0.0 for i in range(6)}
+PRECISIONS = tuple(f"quant.l{i}" for i in range(3))
+
+
+def structured_objective(trial: optuna.Trial) -> tuple[float, float]:
+    """Pruning buys size and costs accuracy; int8 buys size; plans pruning g0 at 0.5 are infeasible."""
+    ratios = [trial.suggest_categorical(n, RATIOS) for n in STRUCTURE]
+    picks = [trial.suggest_categorical(n, ("fp32", "int8")) for n in PRECISIONS]
+    trial.set_user_attr("constraints", [1.0 if ratios[0] == 0.5 else -1.0])
+    return -sum(ratios), sum(ratios) + picks.count("int8") * 0.1
+
+
+def structure_search(prob: float, trials: int = 30) -> optuna.Study:
+    sampler = make_sampler("nsga2", seed=2, population_size=6, structure=STRUCTURE, keep_structure_prob=prob)
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+    study.optimize(structured_objective, n_trials=trials)
+    return study
+
+
+def test_a_kept_structure_child_copies_a_feasible_pruned_member_and_differs_elsewhere():
+    study = structure_search(prob=1.0)
+    kept = [t for t in study.trials if "kept_structure" in t.user_attrs]
+    assert len(kept) >= 20  # nearly every bred child once a pruned member is feasible
+    for child in kept:
+        member = study.trials[child.user_attrs["kept_structure"]]
+        assert member.number < child.number
+        assert member.user_attrs["constraints"] == [-1.0]  # feasible
+        assert any(member.params[n] != 0.0 for n in STRUCTURE)  # was fine-tuned
+        assert all(child.params[n] == member.params[n] for n in STRUCTURE)
+        assert any(child.params[n] != member.params[n] for n in PRECISIONS)
+
+
+def test_the_move_repeats_fine_tuned_structures_far_more_often_than_breeding():
+    def repeats(study: optuna.Study) -> int:
+        seen, count = set(), 0
+        for t in study.trials:
+            key = tuple(t.params[n] for n in STRUCTURE)
+            count += key in seen and any(key)
+            seen.add(key)
+        return count
+
+    assert not any("kept_structure" in t.user_attrs for t in structure_search(prob=0.0).trials)
+    kept, bred = repeats(structure_search(prob=1.0)), repeats(structure_search(prob=0.0))
+    assert kept >= 20 and kept > 2 * bred
+
+
+def test_no_move_while_no_feasible_member_was_pruned():
+    from optuna.distributions import CategoricalDistribution
+
+    from search.sampler import keep_structure
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    unpruned = {**{n: 0.0 for n in STRUCTURE}, **{n: "int8" for n in PRECISIONS}}
+    infeasible = {**unpruned, "prune.g0": 0.5}
+    for params, violation in ((unpruned, -1.0), (infeasible, 1.0)):
+        study.enqueue_trial(params, user_attrs={"constraints": [violation]})
+    study.optimize(lambda t: (0.0, 0.0) if not [t.suggest_categorical(n, RATIOS) for n in STRUCTURE]
+                   or not [t.suggest_categorical(n, ("fp32", "int8")) for n in PRECISIONS] else (0.0, 0.0),
+                   n_trials=2)
+    space = {**{n: CategoricalDistribution(RATIOS) for n in STRUCTURE},
+             **{n: CategoricalDistribution(("fp32", "int8")) for n in PRECISIONS}}
+    assert keep_structure(study, STRUCTURE, space, dict(unpruned), np.random.RandomState(0)) is None
