@@ -256,14 +256,15 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
             study.set_user_attr("mlflow_parent_run_id", parent)
             tracker.log_baseline(parent, ctx.baseline_metrics)
     enqueue_references(study, ctx, job.search.reference_ratio)
-    ctx = profiled(study, ctx, job, tracker=tracker, parent=parent)
+    ctx, ladder = profiled(study, ctx, job, tracker=tracker, parent=parent)
     limit = FailureLimit(job.search.max_failures)
     budget = job.search.n_trials
     done = completed(study)
     # Local workers share the terminal: only a process that runs the trials itself draws a live display.
     progress = Progress(budget, job.search.timeout, done, finetune_steps=job.finetune.steps,
                         live=False if worker_command or os.environ.get(LOCAL_WORKER_ENV) else None)
-    callbacks = [limit, BudgetCallback(budget), FrontWatch(job.objectives, tracker, progress)]
+    callbacks = [limit, BudgetCallback(budget), FrontWatch(job.objectives, tracker, progress),
+                 *([ladder] if ladder else [])]
     log.info("study %r: %d trials completed, budget %s", job.search.study_name, done, budget)
     ending = "complete"
     try:

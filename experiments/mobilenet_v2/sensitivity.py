@@ -67,9 +67,9 @@ def main(overrides: list[str]) -> None:
                       objectives=job.objectives)
     int4 = [k.name.partition(".")[2] for k in narrow.quant_knobs if "int4" in k.choices]
     hand = {k for k, v in late_half_plan(space, 0.5).prune.items() if v}
-    seeds = "\n".join(f"- {text}; groups shared with the hand plan: "
-                      f"{len(hand & {k for k, v in plan.prune.items() if v})} of {len(hand)}"
-                      for text, plan in seed_plans(narrow, profile, job.profile))
+    seeds = "\n".join(f"- {seed.text}; groups shared with the hand plan: "
+                      f"{len(hand & {k for k, v in seed.plan.prune.items() if v})} of {len(hand)}"
+                      for seed in seed_plans(narrow, profile, job.profile))
     seconds = ", ".join(f"{k} {v:.1f} s" for k, v in profile.seconds.items())
     text = f"""# Sensitivity profile of the MobileNetV2 baseline
 

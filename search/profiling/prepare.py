@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from search.profiling.narrow import narrowed
 from search.profiling.profile import FILE, load_or_measure, stored_profile
 from search.inspect.profile_plot import write_profile_plots
-from search.profiling.seeds import enqueue_seeds
+from search.profiling.seeds import SeedLadder, enqueue_seeds
 
 if TYPE_CHECKING:
     import optuna
@@ -18,14 +18,15 @@ if TYPE_CHECKING:
 
 
 def profiled(study: optuna.Study, ctx: SearchContext, job: Job, *, tracker: Tracker | None = None,
-             parent: str | None = None) -> SearchContext:
-    """``ctx`` with the space the trials sample from; the profile's files go to the study's MLflow run.
+             parent: str | None = None) -> tuple[SearchContext, SeedLadder | None]:
+    """``ctx`` with the space the trials sample from, and the callback that queues larger seeds.
 
-    Call it after the reference plans are queued, so the seeds come after them.
+    The profile's files go to the study's MLflow run. Call it after the reference plans are queued, so the
+    seeds come after them.
     """
     settings = job.profile
     if settings is None or not settings.enabled:
-        return ctx
+        return ctx, None
     fresh = stored_profile(study) is None
     profile = load_or_measure(study, ctx, settings)
     space = narrowed(ctx.space, profile, study, quant=job.quant, objectives=job.objectives)
@@ -36,4 +37,4 @@ def profiled(study: optuna.Study, ctx: SearchContext, job: Job, *, tracker: Trac
         if tracker and parent:
             for path in files:  # beside the front plots, so profile.html finds their plotly.min.js
                 tracker.log_artifact(parent, str(path))
-    return replace(ctx, space=space)
+    return replace(ctx, space=space), SeedLadder(space, profile, settings, budget=job.search.n_trials)

@@ -39,6 +39,8 @@ class ProfileSettings:
     fp32_margin_db: float = 10.0  # a layer this far below the median int8 SQNR is a candidate for fp32 in seeds
     fp32_max_layers: int = 3      # at most this many candidates
     fp32_min_gain: float = 0.2    # a candidate stays fp32 only if that wins back this many points (measured)
+    ladder_step: float | None = 0.15  # a seed with room to spare queues one this much larger (null: never)
+    ladder_headroom: float = 0.25     # ... room: at least this much under every constraint's limit
 
     def __post_init__(self) -> None:
         for key in ("samples", "calib_samples", "latency_runs"):
@@ -51,6 +53,12 @@ class ProfileSettings:
             if not 0 < budget < 1:
                 raise ValueError(f"search.profile.{key}: {budget!r} is outside (0, 1); a budget is the share of "
                                  f"{'MACs' if key == 'mac_budget' else 'parameters'} the seed plan prunes away")
+        if self.ladder_step is not None and not 0 < self.ladder_step < 1:
+            raise ValueError(f"search.profile.ladder_step={self.ladder_step!r} is outside (0, 1); it is the share "
+                             "of parameters or MACs a seed with room to spare adds (null: no larger seeds)")
+        if not self.ladder_headroom >= 0:
+            raise ValueError(f"search.profile.ladder_headroom={self.ladder_headroom!r} must be >= 0 (how far under "
+                             "every constraint's limit a seed must end for a larger one to be queued)")
         if self.fp32_max_layers < 0:
             raise ValueError(f"search.profile.fp32_max_layers={self.fp32_max_layers!r} must be >= 0")
         if not self.fp32_min_gain >= 0:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def test_the_first_generation_holds_the_references_then_the_profile_seeds(search
     study = optuna.load_study(study_name="prof", storage=job.storage_url)
     profile = stored_profile(study)
     space = narrowed(ctx.space, profile, study, quant=job.quant, objectives=job.objectives)
-    expected = [(text, plan.params()) for text, plan in seed_plans(space, profile, SETTINGS)]
+    expected = [(seed.text, seed.plan.params()) for seed in seed_plans(space, profile, SETTINGS)]
     assert [t.user_attrs.get("reference") for t in study.trials[:3]] == [True] * 3
     seeded = [(t.user_attrs["seed"], t.params or t.system_attrs["fixed_params"]) for t in study.trials
               if "seed" in t.user_attrs]
@@ -123,11 +124,11 @@ def test_seeds_follow_the_profiles_ranking_of_groups(ctx, tmp_path):
     assert drops["layer2.conv1"] == min(drops.values()) == pytest.approx(0.0, abs=0.5)
     budgets = replace(SETTINGS, budgets=(0.3, 0.45), mac_budget=0.2)
     plans = seed_plans(ctx.space, profile, budgets)
-    assert plans and all(plan.prune["layer2.conv1"] == 0.5 for _, plan in plans)
+    assert plans and all(seed.plan.prune["layer2.conv1"] == 0.5 for seed in plans)
     # the same shares, that group made the costliest: the same budgets prune other groups instead
     costly = replace(profile, groups=tuple(replace(g, points=tuple(replace(p, drop=100.0) for p in g.points))
                                            if g.name == "layer2.conv1" else g for g in profile.groups))
-    assert all(plan.prune["layer2.conv1"] == 0.0 for _, plan in seed_plans(ctx.space, costly, budgets))
+    assert all(seed.plan.prune["layer2.conv1"] == 0.0 for seed in seed_plans(ctx.space, costly, budgets))
 
 
 def test_greedy_groups_take_the_cheapest_per_share_until_the_budget():
@@ -147,7 +148,7 @@ def test_seeds_keep_fp32_only_on_layers_whose_int8_error_is_far_worst_and_whose_
     names = [k.name.partition(".")[2] for k in space.quant_knobs]
     layers = tuple(replace(x, name=n, fp32_gain=gain if x.name == "w" else None) for x, n in zip(layers, names))
     profile = _synthetic({"layer1.conv1": 0.0}, layers=layers)
-    (_, plan), *_ = seed_plans(space, profile, SETTINGS)  # fp32_min_gain 0.2
+    plan = seed_plans(space, profile, SETTINGS)[0].plan  # fp32_min_gain 0.2
     assert [n for n, p in plan.quant.items() if p == "fp32"] == ([names[3]] if kept else [])
     space.check(plan)
 
@@ -253,6 +254,73 @@ def test_with_share_in_the_space_each_seed_plan_comes_twice_plain_first_then_wit
     shared = seed_plans(Space.build(model, x, kinds=["prune", "quant", "share"]), profile, settings)
     assert len(shared) == 2 * len(plain)
     first, second = shared[:len(plain)], shared[len(plain):]
-    assert [p.prune for _, p in first] == [p.prune for _, p in second] == [p.prune for _, p in plain]
-    assert all(set(p.of("share").values()) <= {0} for _, p in first)
-    assert all(set(p.of("share").values()) == {6} and text.endswith("+ share 6") for text, p in second)
+    assert [s.plan.prune for s in first] == [s.plan.prune for s in second] == [s.plan.prune for s in plain]
+    assert all(set(s.plan.of("share").values()) <= {0} for s in first)
+    assert all(set(s.plan.of("share").values()) == {6} and s.text.endswith("+ share 6") for s in second)
+
+
+def ladder_case(drops: dict[str, float], *, violation: float, budget: float = 0.2, n_trials: int | None = 10):
+    """A study holding one finished params-budget seed that ended ``violation`` from its constraint."""
+    from optuna.distributions import CategoricalDistribution
+
+    from search.profiling.seeds import SeedLadder, seed_plan
+
+    space = Space.build(tiny_net(), torch.zeros(1, 1, 28, 28), prune_spec=PruneSpec(ratios=(0.0, 0.5)),
+                        quant_spec=QuantSpec(precisions=("fp32", "int8")))
+    profile = _synthetic(drops)
+    settings = replace(SETTINGS, budgets=(budget,), mac_budget=None, ladder_step=0.15, ladder_headroom=0.25)
+    seed = seed_plan(space, profile, settings, budget=budget, by="params")
+    params = space.complete(seed.plan).params()
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(
+        params=params, distributions={k: CategoricalDistribution([v, "other"]) for k, v in params.items()},
+        values=[90.0, 1.0, 1.0], user_attrs={"seed": seed.text, "seed_budget": ["params", budget],
+                                             "constraints": [violation]}))
+    ladder = SeedLadder(space, profile, settings, budget=n_trials)
+    ladder(study, study.trials[0])
+    return seed, study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+
+
+DROPS = {"layer1.conv1": 0.0, "layer2.conv1": 0.2, "down.0": 3.0}  # each group 20 % of the parameters
+
+
+def test_a_seed_with_room_to_spare_queues_the_next_larger_one_on_its_axis():
+    seed, queued = ladder_case(DROPS, violation=-0.6)
+    assert len(queued) == 1
+    bigger = queued[0]
+    assert bigger.user_attrs["seed_budget"] == ["params", pytest.approx(0.35)]
+    assert "after trial 0" in bigger.user_attrs["seed"]
+    pruned = {k for k, v in bigger.system_attrs["fixed_params"].items() if k.startswith("prune.") and v}
+    assert {f"prune.{g}" for g in seed.groups} < pruned  # the same groups, and the next cheapest one
+    assert "prune.layer2.conv1" in pruned and "prune.down.0" not in pruned
+
+
+@pytest.mark.parametrize("violation, n_trials", [(-0.1, 10), (0.4, 10), (-0.6, 1)],
+                         ids=["too little room", "infeasible", "no budget left"])
+def test_no_larger_seed_without_room_or_budget(violation, n_trials):
+    assert ladder_case(DROPS, violation=violation, n_trials=n_trials)[1] == []
+
+
+def test_the_ladder_stops_when_no_group_is_left_to_add():
+    assert ladder_case({"layer1.conv1": 0.0}, violation=-0.6)[1] == []
+
+
+def test_ladder_settings_are_checked():
+    with pytest.raises(ValueError, match="ladder_step"):
+        ProfileSettings(ladder_step=1.5)
+    with pytest.raises(ValueError, match="ladder_headroom"):
+        ProfileSettings(ladder_headroom=-1.0)
+    assert ProfileSettings(ladder_step=None).ladder_step is None
+
+
+def test_a_search_runs_the_larger_seed_its_first_seed_made_room_for(tmp_path, small_splits):
+    job = make_job(tmp_path, small_splits, n_trials=5)
+    job = replace(job, constraints=[Constraint("accuracy_drop", 100.0)],  # every plan has room to spare
+                  profile=replace(SETTINGS, budgets=(0.2,), mac_budget=None, ladder_step=0.15))
+    study = run_search(job).study
+    seeds = [t for t in study.trials if "seed" in t.user_attrs]
+    assert [t.number for t in seeds] == [3, 4]
+    assert seeds[1].user_attrs["seed_budget"] == ["params", pytest.approx(0.35)]
+    assert "after trial 3" in seeds[1].user_attrs["seed"]
+    removed = [int(re.search(r"~(\d+)% of params", t.user_attrs["seed"]).group(1)) for t in seeds]
+    assert removed[1] > removed[0]
