@@ -171,7 +171,8 @@ def test_mlflow_outage_warns_trials_go_on_and_sync_replays(tmp_path):
         runs = client.search_runs([client.get_experiment_by_name("outage").experiment_id],
                                   filter_string="tags.kind = 'trial'")
         states = {int(r.data.tags["trial"]): r.data.tags.get("state") for r in runs}
-        assert states == {n: "COMPLETE" for n in range(5)}
+        # every trial as the study holds it: plans the prescreen beat before fine-tuning are PRUNED there too
+        assert states == {t.number: t.state.name for t in trials(tmp_path, "outage")}
         assert any(r.data.tags.get("pareto") == "true" for r in runs)
     finally:
         server.terminate()
