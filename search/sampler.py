@@ -7,7 +7,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.study import Study, StudyDirection
+from optuna.study import Study
+from optuna.study._multi_objective import _get_pareto_front_trials_by_trials  # what Study.best_trials uses
 from optuna.trial import FrozenTrial, TrialState
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
@@ -96,7 +97,7 @@ def keep_structure(study: Study, structure: Mapping[str, Any], space: dict[str, 
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
               if t.values is not None and all(v <= 0 for v in constraint_violations(t))
               and "reused_from" not in t.user_attrs]
-    members = [t for t in _non_dominated(trials, study.directions)
+    members = [t for t in _get_pareto_front_trials_by_trials(trials, study.directions)
                if any(t.params.get(n, neutral) != neutral for n, neutral in structure.items())]
     if not members:
         return None
@@ -110,13 +111,6 @@ def keep_structure(study: Study, structure: Mapping[str, Any], space: dict[str, 
         other = [c for c in space[name].choices if c != member.params.get(name)]
         kept[name] = other[rng.randint(len(other))]
     return member.number, kept
-
-
-def _non_dominated(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]) -> list[FrozenTrial]:
-    sign = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in directions])
-    losses = np.array([t.values for t in trials], dtype=float).reshape(len(trials), len(directions)) * sign
-    return [t for t, row in zip(trials, losses)
-            if not np.any(np.all(losses <= row, axis=1) & np.any(losses < row, axis=1))]
 
 
 UNMEASURED = 1e9

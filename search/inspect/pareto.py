@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 from optuna._hypervolume import compute_hypervolume  # the implementation Optuna's own plots use
+from optuna.study._multi_objective import _is_pareto_front  # what Study.best_trials uses
 
 if TYPE_CHECKING:
     from evaluators.base import Objective
@@ -30,13 +31,12 @@ def _losses(metrics: Sequence[Mapping[str, float]], objectives: Sequence[Objecti
 def front(results: Sequence[TrialResult], objectives: Sequence[Objective]) -> list[TrialResult]:
     """The non-dominated results, in trial order. Pass only feasible trials."""
     losses = _losses([r.metrics for r in results], objectives)
-    keep = []
-    for i, row in enumerate(losses):
-        dominated = np.any(np.all(losses <= row, axis=1) & np.any(losses < row, axis=1))
-        duplicate = any(np.array_equal(row, losses[j]) for j in keep)
-        if not dominated and not duplicate:
-            keep.append(i)
-    return [results[i] for i in keep]
+    if not len(losses):
+        return []
+    # Optuna keeps every copy of a repeated point; a member's re-run (same metrics) is listed once, the first.
+    _, first = np.unique(losses, axis=0, return_index=True)
+    keep = set(first) & set(np.flatnonzero(_is_pareto_front(losses, assume_unique_lexsorted=False)))
+    return [results[i] for i in sorted(keep)]
 
 
 def hypervolume(results: Sequence[TrialResult], objectives: Sequence[Objective],
