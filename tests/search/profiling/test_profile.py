@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -278,14 +279,14 @@ def ladder_case(drops: dict[str, float], *, violation: float, budget: float = 0.
                                              "constraints": [violation]}))
     ladder = SeedLadder(space, profile, settings, budget=n_trials)
     ladder(study, study.trials[0])
-    return seed, study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    return seed, study.get_trials(states=(optuna.trial.TrialState.WAITING,)), lambda: ladder(study, study.trials[0])
 
 
 DROPS = {"layer1.conv1": 0.0, "layer2.conv1": 0.2, "down.0": 3.0}  # each group 20 % of the parameters
 
 
 def test_a_seed_with_room_to_spare_queues_the_next_larger_one_on_its_axis():
-    seed, queued = ladder_case(DROPS, violation=-0.6)
+    seed, queued, _ = ladder_case(DROPS, violation=-0.6)
     assert len(queued) == 1
     bigger = queued[0]
     assert bigger.user_attrs["seed_budget"] == ["params", pytest.approx(0.35)]
@@ -303,6 +304,19 @@ def test_no_larger_seed_without_room_or_budget(violation, n_trials):
 
 def test_the_ladder_stops_when_no_group_is_left_to_add():
     assert ladder_case({"layer1.conv1": 0.0}, violation=-0.6)[1] == []
+
+
+def test_a_larger_seed_the_space_rejects_is_logged_and_not_retried(monkeypatch, caplog):
+    def reject(self, plan):
+        raise ValueError("plan outside the space")
+
+    monkeypatch.setattr(Space, "check", reject)
+    with caplog.at_level(logging.WARNING, logger="search.profiling.seeds"):
+        _, queued, again = ladder_case(DROPS, violation=-0.6)
+        assert queued == []
+        assert caplog.text.count("seed plan skipped") == 1 and "plan outside the space" in caplog.text
+        again()  # the axis's top moved past the rejected seed: the ladder does not try it once more
+    assert caplog.text.count("seed plan skipped") == 1
 
 
 def test_ladder_settings_are_checked():
