@@ -9,7 +9,7 @@ from spaces.base import PlanError, check_precision
 from spaces.kinds.base import ApplyEnv, KindBase, ModelInfo, check_keys, layer_knobs
 from spaces.quantization import Precision, QuantSettings, quantize
 
-SETTINGS = ("activation_type", "per_channel", "calibration", "calib_batch_size", "percentile")
+SETTINGS = ("activation_type", "per_channel", "calibration", "calib_batch_size", "percentile", "reduce_range")
 
 
 @dataclass(frozen=True)
