@@ -16,9 +16,16 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
+def int8_dot() -> str:
+    """Whether ONNX Runtime's int8 kernels here saturate, which decides int8 accuracy (spaces/quantization.py)."""
+    from spaces.quantization import int8_saturates
+    return ("none (AVX2 path, saturating: space.quant.reduce_range=auto uses 7-bit weights)" if int8_saturates()
+            else "VNNI/AMX or not x86 (8-bit weights)")
+
+
 def describe() -> dict[str, str]:
-    info = {"cpu": cpu_model(), "cores": str(os.cpu_count()), "python": platform.python_version(),
-            "os": platform.platform()}
+    info = {"cpu": cpu_model(), "cores": str(os.cpu_count()), "int8 dot product": int8_dot(),
+            "python": platform.python_version(), "os": platform.platform()}
     for name in PACKAGES:
         try:
             info[name] = metadata.version(name)

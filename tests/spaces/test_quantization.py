@@ -16,7 +16,7 @@ from search.trials.finetune import FinetuneSettings, finetune
 from search.trials.onnx_export import export_onnx
 from spaces.base import PRECISIONS, PlanError
 from spaces.layers import layer_names, onnx_node_layers
-from spaces.quantization import ACTIVATION_TYPES, CALIBRATION, Precision, QuantSettings, quantize
+from spaces.quantization import ACTIVATION_TYPES, CALIBRATION, Precision, QuantSettings, int8_saturates, quantize
 from tinynet import tiny_net
 
 LAYERS = ["stem.0", "layer1.conv1", "layer1.conv2", "down.0", "layer2.conv1", "layer2.conv2", "fc"]
@@ -131,6 +131,28 @@ def test_calibration_batch_size_must_be_a_positive_int(size):
 def test_percentile_must_lie_above_the_median(percentile):
     with pytest.raises(PlanError, match=r"space.quant.percentile.*\(50, 100\]"):
         QuantSettings(calibration="percentile", percentile=percentile)
+
+
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+
+
+@pytest.mark.parametrize("cpuinfo, machine, saturates", [
+    (AVX2_ONLY, "x86_64", True),
+    (AVX2_ONLY.replace("avx2", "avx2 avx512f avx512_vnni"), "x86_64", False),
+    (AVX2_ONLY.replace("avx2", "avx2 avx_vnni"), "x86_64", False),
+    (AVX2_ONLY.replace("avx2", "avx2 amx_int8"), "x86_64", False),
+    ("", "aarch64", False),
+], ids=["avx2 only", "avx512 vnni", "avx vnni", "amx", "arm"])
+def test_int8_saturates_on_x86_without_a_vnni_dot_product(cpuinfo, machine, saturates):
+    assert int8_saturates(cpuinfo, machine) is saturates
+
+
+def test_reduce_range_auto_follows_this_cpu_and_pinned_values_stay():
+    assert QuantSettings().reduce_range is int8_saturates()
+    assert QuantSettings(reduce_range=True).reduce_range is True
+    assert QuantSettings(reduce_range=False).reduce_range is False
+    with pytest.raises(PlanError, match=r"space.quant.reduce_range='sometimes'.*auto, true, false"):
+        QuantSettings(reduce_range="sometimes")
 
 
 # --- quantize() ------------------------------------------------------------------------------
@@ -338,3 +360,14 @@ def test_histogram_calibration_prints_nothing(fp32_path, small_splits, tmp_path,
     quant(fp32_path, tmp_path, {n: "int8" for n in LAYERS}, small_splits.calib, calibration="percentile")
     quant(fp32_path, tmp_path, {n: "int8" for n in LAYERS}, small_splits.calib, calibration="entropy")
     assert capfd.readouterr().out == ""
+
+
+def test_reduce_range_stores_int8_weights_in_7_bits(fp32_path, reference, small_splits, tmp_path):
+    int8 = {n: "int8" for n in LAYERS}
+    peaks = {}
+    for reduce in (False, True):
+        graph = Graph(quant(fp32_path, tmp_path, int8, small_splits.calib, reduce_range=reduce))
+        peaks[reduce] = max(int(np.abs(numpy_helper.to_array(graph.weight_source(n)[1])).max()) for n in LAYERS)
+        logits = run(tmp_path / "model.onnx", small_splits.test.inputs)
+        assert (logits.argmax(1) == reference.argmax(1)).mean() > 0.9
+    assert peaks == {False: 127, True: 64}  # symmetric: ORT's 7-bit range is [-64, 64]
