@@ -171,6 +171,11 @@ def settings_params(cfg: DictConfig) -> dict[str, Any]:
     return params
 
 
+def applied_quant(quant) -> dict[str, Any]:
+    """``reduce_range: auto`` as decided on this machine, which is what the study's int8 files hold."""
+    return {"settings.space.quant.reduce_range": quant.settings.reduce_range}
+
+
 def build_job(cfg: DictConfig):
     """Every object the search needs, built and validated before any training starts."""
     from search.runner import Job
@@ -200,7 +205,7 @@ def build_job(cfg: DictConfig):
               early_stop=EarlyStop(**plain(cfg.search.get("early_stop") or {})),
               prescreen=Prescreen(**plain(cfg.search.get("prescreen") or {})),
               profile=ProfileSettings(**plain(cfg.search.get("profile") or {})),
-              settings_params=settings_params(cfg), config=record(plain(cfg)),
+              settings_params={**settings_params(cfg), **applied_quant(quant)}, config=record(plain(cfg)),
               target=instantiate(cfg.target), gate=gate)
     job.check()
     return job

@@ -166,3 +166,14 @@ def test_a_stored_trial_of_an_unknown_kind_is_one_clear_error(where, tmp_path, m
     assert main(["report", *located]) == 2
     err = one_error_line(capsys)
     assert "unknown knob kinds ['distill']" in err and "known kinds: " in err and "prune" in err
+
+
+@pytest.mark.parametrize("given", ["auto", "true", "false"])
+def test_the_mlflow_params_hold_the_int8_weight_range_in_effect(given, tmp_path):
+    from search.cli import build_job
+    from spaces.quantization import int8_saturates
+
+    job = build_job(load_config([*SEARCHED, f"paths.root={tmp_path}", f"space.quant.reduce_range={given}"]))
+    applied = {"auto": int8_saturates(), "true": True, "false": False}[given]
+    assert job.settings_params["settings.space.quant.reduce_range"] is applied
+    assert job.config["space"]["quant"]["reduce_range"] == {"auto": "auto", "true": True, "false": False}[given]
