@@ -371,3 +371,27 @@ def test_reduce_range_stores_int8_weights_in_7_bits(fp32_path, reference, small_
         logits = run(tmp_path / "model.onnx", small_splits.test.inputs)
         assert (logits.argmax(1) == reference.argmax(1)).mean() > 0.9
     assert peaks == {False: 127, True: 64}  # symmetric: ORT's 7-bit range is [-64, 64]
+
+
+def optimized_weight_source(path: Path, node_name: str, tmp_path: Path) -> str:
+    """What feeds ``node_name``'s weight once ONNX Runtime has optimised the graph as a deployment would load it."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    graph = Graph(onnx.load(str(tmp_path / "optimized.onnx")))
+    node = graph.nodes[node_name]
+    producer = graph.producer.get(node.input[1])
+    return producer.op_type if producer is not None else dtype(graph.inits[node.input[1]])
+
+
+@pytest.mark.parametrize("layer", ["layer1.conv1", "fc"])
+def test_an_fp32_layer_between_int8_layers_keeps_float_weights_in_onnx_runtime(fp32_path, reference, small_splits,
+                                                                                tmp_path, layer):
+    # ONNX Runtime's WeightBiasQuantization would quantize such a layer's float weights per tensor at load time
+    plan = {**{n: "int8" for n in LAYERS}, layer: "fp32"}
+    quant(fp32_path, tmp_path, plan, small_splits.calib)
+    assert optimized_weight_source(tmp_path / "model.onnx", NODE_OF[layer], tmp_path) == "FLOAT"
+    assert optimized_weight_source(tmp_path / "model.onnx", NODE_OF["layer1.conv2"], tmp_path) == "DequantizeLinear"
+    logits = run(tmp_path / "model.onnx", small_splits.test.inputs)
+    assert (logits.argmax(1) == reference.argmax(1)).mean() > 0.9
