@@ -102,7 +102,11 @@ def screen_lines(output: str) -> list[str]:
 
 
 def test_a_terminal_shows_trials_stage_step_front_and_eta_live_with_warnings_above(tmp_path, cache):
-    code, output = on_a_terminal(search_command(tmp_path, cache, "live", "tracking=none", "quiet=false"), cwd=tmp_path)
+    # every plan feasible: the display is under test, not whether the tiny net keeps its accuracy in int8
+    # (with 7-bit weights, on CPUs without VNNI, the int8 reference lost more than a point)
+    code, output = on_a_terminal(search_command(tmp_path, cache, "live", "tracking=none", "quiet=false",
+                                                "evaluator.constraints=[{metric: accuracy_drop, max: 100}]"),
+                                 cwd=tmp_path)
     lines = screen_lines(output)
     text = "\n".join(lines)
     assert code == 0, text[-3000:]
