@@ -166,8 +166,7 @@ def quantize(fp32_path: Path, out_path: Path, precisions: Mapping[str, str], cal
         Path(source).unlink(missing_ok=True)
     quantized = onnx.load(str(out_path))
     _read_float_tensors(quantized, keep_fp32)
-    _keep_float_weights(quantized, {node.name for n, p in precisions.items() if p not in WEIGHT_TYPES
-                                    for node in nodes[n]})
+    _keep_float_weights(quantized, keep_fp32)
     _store_half(quantized, [node.input[1] for node in half])
     onnx.save(quantized, str(out_path))
     return out_path
@@ -202,8 +201,8 @@ def _read_float_tensors(model: onnx.ModelProto, keep_fp32: set[str]) -> None:
     _drop_unused_qdq(model)
 
 
-def _keep_float_weights(model: onnx.ModelProto, float_layers: set[str]) -> None:
-    """Feed each float Conv/Gemm its bias through an exact int32 DequantizeLinear.
+def _keep_float_weights(model: onnx.ModelProto, keep_fp32: set[str]) -> None:
+    """Feed each float Conv/Gemm (fp32, fp16 or unplanned layer) its bias through an exact int32 DequantizeLinear.
 
     ONNX Runtime's WeightBiasQuantization pass (graph optimisation level basic and up) quantizes the
     float weights of a Conv or Gemm that reads a DequantizeLinear output and feeds a QuantizeLinear, per
@@ -215,7 +214,7 @@ def _keep_float_weights(model: onnx.ModelProto, float_layers: set[str]) -> None:
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     replaced = set()
-    for node in [n for n in graph.node if n.name in float_layers and n.op_type in ("Conv", "Gemm")]:
+    for node in [n for n in graph.node if n.name in keep_fp32 and n.op_type in ("Conv", "Gemm")]:
         if len(node.input) > 2 and node.input[2]:
             if node.input[2] not in inits:
                 continue  # already computed by a node
