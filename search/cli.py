@@ -171,9 +171,15 @@ def settings_params(cfg: DictConfig) -> dict[str, Any]:
     return params
 
 
-def applied_quant(quant) -> dict[str, Any]:
-    """``reduce_range: auto`` as decided on this machine, which is what the study's int8 files hold."""
-    return {"settings.space.quant.reduce_range": quant.settings.reduce_range}
+def decided(cfg: DictConfig, quant) -> DictConfig:
+    """``cfg`` with ``space.quant.reduce_range: auto`` replaced by what this CPU decided.
+
+    The study records this config, so its workers, resumes and exports write the int8 weights its
+    first trials wrote, on whatever CPU they run; its MLflow params show the value in effect.
+    """
+    out = cfg.copy()
+    OmegaConf.update(out, "space.quant.reduce_range", quant.settings.reduce_range, force_add=True)
+    return out
 
 
 def build_job(cfg: DictConfig):
@@ -182,6 +188,7 @@ def build_job(cfg: DictConfig):
 
     kinds, specs = kind_specs(cfg)
     prune, quant, search = specs.pop("prune"), specs.pop("quant"), search_settings(cfg)
+    cfg = decided(cfg, quant)
     evaluator_cfg = cfg.evaluator
     evaluators = [instantiate(node) for node in evaluator_cfg.evaluators.values()]
     objectives = objectives_of(cfg)
@@ -205,7 +212,7 @@ def build_job(cfg: DictConfig):
               early_stop=EarlyStop(**plain(cfg.search.get("early_stop") or {})),
               prescreen=Prescreen(**plain(cfg.search.get("prescreen") or {})),
               profile=ProfileSettings(**plain(cfg.search.get("profile") or {})),
-              settings_params={**settings_params(cfg), **applied_quant(quant)}, config=record(plain(cfg)),
+              settings_params=settings_params(cfg), config=record(plain(cfg)),
               target=instantiate(cfg.target), gate=gate)
     job.check()
     return job

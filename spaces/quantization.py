@@ -1,6 +1,7 @@
 """The precision knob, and ONNX Runtime static QDQ quantization with per-layer precisions."""
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import platform
@@ -78,7 +79,7 @@ class QuantSettings:
 
     def __post_init__(self) -> None:
         if self.reduce_range == "auto":
-            object.__setattr__(self, "reduce_range", int8_saturates())
+            object.__setattr__(self, "reduce_range", _int8_saturates_here())
         elif not isinstance(self.reduce_range, bool):
             raise PlanError(f"space.quant.reduce_range={self.reduce_range!r} is unknown; allowed: auto, true, false")
         for key, value, allowed in (("activation_type", self.activation_type, ACTIVATION_TYPES),
@@ -114,6 +115,11 @@ def int8_saturates(cpuinfo: str | None = None, machine: str | None = None) -> bo
             return True
     flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
     return not flags & set(INT8_DOT_FLAGS)
+
+
+@functools.cache
+def _int8_saturates_here() -> bool:
+    return int8_saturates()  # the CPU does not change within a process: one read of /proc/cpuinfo
 
 
 def quantize(fp32_path: Path, out_path: Path, precisions: Mapping[str, str], calib: np.ndarray,
