@@ -63,16 +63,29 @@ class _Shield:
 
 class _Interrupt:
     pending = False  # a Ctrl-C arrived inside interruptible() and the block has not ended yet
+    signum = signal.SIGINT  # the signal that asked for the last stop
 
 
-def _on_sigint(signum: int, frame: FrameType | None) -> None:
+# Each stop signal with the handler a process has when nobody took it over or ignored it. SIGTERM is what
+# `kill`, schedulers and service managers send: it stops a search the way Ctrl-C does, with the running
+# trial recorded, instead of leaving it RUNNING until a heartbeat declares it dead.
+STOP_SIGNALS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+
+
+def _on_stop(signum: int, frame: FrameType | None) -> None:
     _Interrupt.pending = True
+    _Interrupt.signum = signum
     signal.default_int_handler(signum, frame)
+
+
+def last_stop_signal() -> int:
+    """The signal behind the last KeyboardInterrupt :func:`interruptible` raised (SIGINT or SIGTERM)."""
+    return int(_Interrupt.signum)
 
 
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """Ctrl-C ends the block with KeyboardInterrupt, even when the first one is dropped.
+    """Ctrl-C or SIGTERM ends the block with KeyboardInterrupt, even when the first one is dropped.
 
     Python runs the SIGINT handler wherever the main thread happens to be, and that can be a
     weakref callback or ``__del__`` the garbage collector runs in the middle of SQLAlchemy,
@@ -80,17 +93,20 @@ def interruptible() -> Iterator[None]:
     in" and discarded (python/cpython#95959), and the search went on as if Ctrl-C had never
     been pressed. So the interrupt is also remembered: :func:`check_interrupt` raises it again
     at the next trial or stage boundary, and the block raises it if it ends without one.
+    A signal that is ignored here, or that someone else handles, is left alone.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield  # Ctrl-C is ignored here, or someone else handles it
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    _Interrupt.pending = False
-    signal.signal(signal.SIGINT, _on_sigint)
+    taken = [s for s, untouched in STOP_SIGNALS.items() if signal.getsignal(s) is untouched]
+    _Interrupt.pending, _Interrupt.signum = False, signal.SIGINT
+    for signum in taken:
+        signal.signal(signum, _on_stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum in taken:
+            signal.signal(signum, STOP_SIGNALS[signum])
         pending, _Interrupt.pending = _Interrupt.pending, False
     if pending:
         raise KeyboardInterrupt

@@ -19,7 +19,7 @@ from search.deploy.targets.onnxruntime import OnnxRuntime
 from search.gate import Gate
 from search.inspect import pareto
 from search.baseline import load_checkpoint, trained_baseline
-from search.budget import interruptible
+from search.budget import interruptible, last_stop_signal
 from search.confirm import ConfirmSettings, confirm, nearby
 from search.trials.early_stop import EarlyStop, stop_rule
 from search.trials.prescreen import Prescreen
@@ -217,13 +217,15 @@ class SearchOutcome:
     hypervolume: float
     files: tuple[Path, ...]
     ending: str = "complete"
-    """``complete`` (budget or time reached), ``interrupted`` (Ctrl-C) or ``failures`` (max_failures in a row)."""
+    """``complete`` (budget or time reached), ``interrupted`` (Ctrl-C, SIGTERM) or ``failures`` (max_failures in a row)."""
     left: tuple[TrialResult, ...] = ()
     """In-search front members that the re-timing at the end pushed off the front."""
+    stopped_by: int = signal.SIGINT
+    """The signal of an ``interrupted`` search: the exit code is 128 + it, as the shell reports a killed process."""
 
     @property
     def exit_code(self) -> int:
-        return {"complete": 0, "failures": 1, "interrupted": 130}[self.ending]
+        return {"complete": 0, "failures": 1}.get(self.ending, 128 + self.stopped_by)
 
 
 def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> SearchOutcome:
@@ -266,7 +268,7 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
     callbacks = [limit, BudgetCallback(budget), FrontWatch(job.objectives, tracker, progress),
                  *([ladder] if ladder else [])]
     log.info("study %r: %d trials completed, budget %s", job.search.study_name, done, budget)
-    ending = "complete"
+    ending, stopped_by = "complete", signal.SIGINT
     try:
         with progress.shown(), interruptible():
             if worker_command and (budget is None or done < budget):
@@ -278,13 +280,14 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
                                             on_step=progress.step, prescreen=job.prescreen),
                                timeout=job.search.timeout, catch=(Exception,), callbacks=callbacks)
     except KeyboardInterrupt:
-        ending = "interrupted"
-        log.warning("interrupted: the current trial was recorded as failed; the front so far follows")
+        ending, stopped_by = "interrupted", last_stop_signal()
+        log.warning("interrupted by %s: the current trial was recorded as failed; the front so far follows",
+                    signal.Signals(stopped_by).name)
     if limit.tripped:
         ending = "failures"
         log.error("stopped after %d consecutive failed trials (search.max_failures); last error: %s",
                   limit.streak, limit.last_error)
-    return finish(job, study, ctx, tracker, parent, ending=ending)
+    return replace(finish(job, study, ctx, tracker, parent, ending=ending), stopped_by=stopped_by)
 
 
 def run_workers(command: Sequence[str], count: int) -> None:

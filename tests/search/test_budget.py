@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.budget import TrialTimeout, claim_slot, interruptible, shielded, time_limit
+from search.budget import TrialTimeout, claim_slot, interruptible, last_stop_signal, shielded, time_limit
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +117,14 @@ def test_a_timeout_dropped_by_a_finalizer_is_raised_when_the_next_storage_write_
                 pass
             raise AssertionError("the dropped timeout must be raised when the write ends")
     assert dropped == [TrialTimeout]
+
+
+def test_sigterm_stops_the_block_like_ctrl_c_and_its_default_comes_back(dropped):
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with pytest.raises(KeyboardInterrupt):
+        with interruptible():
+            # raised only when taken over: SIGTERM's default action would end the test run itself
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            signal_in_a_finalizer(signal.SIGTERM)
+    assert dropped == [KeyboardInterrupt] and last_stop_signal() == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

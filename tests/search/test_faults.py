@@ -15,7 +15,10 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
+from jobs import make_job
+from search import study as study_module
 from search.cli import main
+from search.runner import run_search
 from test_workers import env  # noqa: E402  (same environment for subprocess searches)
 
 TINY = ["model=custom", "model.factory._target_=tinynet.tiny_net", "model.train.steps=60",
@@ -208,3 +211,25 @@ def test_a_password_in_the_storage_url_never_leaves_the_process(tmp_path, monkey
         assert written and all("s3cr3tpw" not in p.read_text() for p in written)
     finally:
         optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_sigterm_stops_a_search_as_ctrl_c_does_with_the_running_trial_recorded(tmp_path, small_splits, monkeypatch):
+    real = study_module.run_trial
+
+    def terminated_in_trial_1(ctx, plan, *, number, **kwargs):
+        if number == 1:
+            # raised only when the search took SIGTERM over: its default action would end the test run itself
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "the search leaves SIGTERM at its default"
+            signal.raise_signal(signal.SIGTERM)
+        return real(ctx, plan, number=number, **kwargs)
+
+    monkeypatch.setattr(study_module, "run_trial", terminated_in_trial_1)
+    outcome = run_search(make_job(tmp_path, small_splits, study="sigterm"))
+    assert (outcome.ending, outcome.exit_code) == ("interrupted", 143)
+    first, stopped, *queued = outcome.study.trials
+    assert all(t.state == TrialState.WAITING for t in queued)  # the reference plans not reached
+    assert first.state == TrialState.COMPLETE and [m.number for m in outcome.front] == [0]
+    assert stopped.state == TrialState.FAIL and "KeyboardInterrupt" in stopped.user_attrs["error"]
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(stopped.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
