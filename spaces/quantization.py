@@ -144,8 +144,10 @@ def quantize(fp32_path: Path, out_path: Path, precisions: Mapping[str, str], cal
         onnx.save(model, str(out_path))
         return out_path
     keep_fp32 = _fp32_nodes(model, {node.name for n in integer for node in nodes[n]})
-    overrides = {node.input[1]: [{"quant_type": WEIGHT_TYPES[p], **({"axis": 0} if settings.per_channel
-                                                                      else {})}]
+    # reduce_range exists for the saturating int8 kernels: it would leave int4 weights 3 bits ([-4, 3]), and
+    # int4/int16 layers run as DequantizeLinear + float compute, which nothing saturates.
+    overrides = {node.input[1]: [{"quant_type": WEIGHT_TYPES[p], "reduce_range": False,
+                                  **({"axis": 0} if settings.per_channel else {})}]
                  for n, p in integer.items() if p != "int8" for node in nodes[n]}
     input_name = model.graph.input[0].name
     source = fp32_path

@@ -373,6 +373,17 @@ def test_reduce_range_stores_int8_weights_in_7_bits(fp32_path, reference, small_
     assert peaks == {False: 127, True: 64}  # symmetric: ORT's 7-bit range is [-64, 64]
 
 
+@pytest.mark.parametrize(("precision", "peak"), [("int4", 8), ("int16", 32767)])
+def test_reduce_range_leaves_int4_and_int16_weights_their_full_range(fp32_path, small_splits, tmp_path, precision,
+                                                                      peak):
+    # a seven-bit int8 neighbour in the same file: the flag is on for the quantizer, off for these layers
+    plan = {n: (precision if i % 2 else "int8") for i, n in enumerate(LAYERS)}
+    graph = Graph(quant(fp32_path, tmp_path, plan, small_splits.calib, reduce_range=True))
+    peaks = {p: max(int(np.abs(numpy_helper.to_array(graph.weight_source(n)[1]).astype(np.int64)).max())
+                    for n in LAYERS if plan[n] == p) for p in (precision, "int8")}
+    assert peaks == {precision: peak, "int8": 64}  # symmetric int4 spans [-8, 7]; reduced it would be [-4, 3]
+
+
 def optimized_weight_source(path: Path, node_name: str, tmp_path: Path) -> str:
     """What feeds ``node_name``'s weight once ONNX Runtime has optimised the graph as a deployment would load it."""
     options = ort.SessionOptions()
