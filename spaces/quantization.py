@@ -227,8 +227,8 @@ def _keep_float_weights(model: onnx.ModelProto, keep_fp32: set[str]) -> None:
     for node in [n for n in graph.node if n.name in keep_fp32 and n.op_type in ("Conv", "Gemm")]:
         dequantize = producer.get(node.input[0])
         if (dequantize is None or dequantize.op_type != "DequantizeLinear" or node.input[1] not in inits
-                or dequantize.input[1] not in inits):
-            continue
+                or not all(t in inits for t in dequantize.input[1:] if t)):
+            continue  # computed scales or weights: nothing to copy, and nothing the pass would take
         scale = numpy_helper.to_array(inits[dequantize.input[1]])
         if scale.size != 1:
             continue  # already per channel: the pass skips it
@@ -241,7 +241,7 @@ def _keep_float_weights(model: onnx.ModelProto, keep_fp32: set[str]) -> None:
         inputs = [dequantize.input[0], f"{name}_scale"]
         graph.initializer.append(numpy_helper.from_array(np.full(channels, scale.reshape(()), scale.dtype),
                                                          f"{name}_scale"))
-        if len(dequantize.input) > 2 and dequantize.input[2]:
+        if dequantize.input[2:] and dequantize.input[2]:
             zero = numpy_helper.to_array(inits[dequantize.input[2]])
             graph.initializer.append(numpy_helper.from_array(np.full(channels, zero.reshape(()), zero.dtype),
                                                              f"{name}_zero_point"))
