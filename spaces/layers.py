@@ -108,10 +108,7 @@ def onnx_layer_nodes(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str,
 def onnx_layer_node_lists(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str, list[onnx.NodeProto]]:
     """``{layer name: its Conv/Gemm/MatMul nodes}``: the layer's own node, or, where a knob kind replaced
     the layer by a module of several (``lowrank``: ``<layer>.down``, ``<layer>.up``), those of its children."""
-    found: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        if node.op_type in ONNX_LAYER_OPS:
-            found.setdefault(_dotted_from_scope(node.name), []).append(node)
+    found = _layer_nodes_by_name(model)
     out = {}
     for name in layers:
         out[name] = found.get(name) or [n for scope, nodes in found.items()
@@ -120,6 +117,19 @@ def onnx_layer_node_lists(model: onnx.ModelProto, layers: Sequence[str]) -> dict
     if missing:
         raise PlanError(f"could not find ONNX nodes for layers {missing}; the graph names: {sorted(found)[:12]}")
     return out
+
+
+def onnx_layer_names(model: onnx.ModelProto) -> list[str]:
+    """The torch layer names of the graph's Conv/Gemm/MatMul nodes, sorted, for the exporter's node names."""
+    return sorted(_layer_nodes_by_name(model))
+
+
+def _layer_nodes_by_name(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    found: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        if node.op_type in ONNX_LAYER_OPS:
+            found.setdefault(_dotted_from_scope(node.name), []).append(node)
+    return found
 
 
 def onnx_node_layers(model: onnx.ModelProto) -> dict[str, frozenset[str]]:

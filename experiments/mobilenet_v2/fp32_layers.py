@@ -29,7 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
 import spaces.quantization as quantization  # noqa: E402
 from machine import markdown  # noqa: E402
-from spaces.layers import ONNX_LAYER_OPS, _dotted_from_scope  # noqa: E402
+from spaces.layers import onnx_layer_names  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RUNS, WARMUP = 300, 20
@@ -51,7 +51,7 @@ def session(path: Path, disabled: tuple[str, ...] = ()) -> ort.InferenceSession:
 
 def main(baseline: Path) -> None:
     model = onnx.load(str(baseline))
-    layers = sorted({_dotted_from_scope(n.name) for n in model.graph.node if n.op_type in ONNX_LAYER_OPS})
+    layers = onnx_layer_names(model)
     rng = np.random.default_rng(0)
     calib = rng.standard_normal((64, 3, 64, 64)).astype(np.float32)
     inputs = rng.standard_normal((8, 3, 64, 64)).astype(np.float32)

@@ -8,7 +8,7 @@ from torch import nn
 
 from search.trials.onnx_export import export_onnx
 from spaces.base import PlanError
-from spaces.layers import (_dotted_from_scope, check_names, head_name, layer_names, onnx_layer_nodes,
+from spaces.layers import (_dotted_from_scope, check_names, head_name, layer_names, onnx_layer_names, onnx_layer_nodes,
                            prunable_groups, resolve_members)
 from tinynet import tiny_net
 
@@ -188,6 +188,14 @@ def test_onnx_layer_nodes_maps_nested_sequentials(tmp_path):
         # no BatchNorm here, so the exported weight is the module's weight itself
         torch.testing.assert_close(torch.from_numpy(_weight_of(graph, node).copy()),
                                    modules[name].weight.detach(), msg=name)
+
+
+def test_onnx_layer_names_are_the_torch_layer_names(model, example_input, tmp_path):
+    graph = onnx.load(str(export_onnx(model, example_input, tmp_path / "tiny.onnx")))
+    assert onnx_layer_names(graph) == sorted(TINY_LAYERS)
+    nested = Nested().eval()
+    graph = onnx.load(str(export_onnx(nested, torch.randn(1, 1, 8, 8), tmp_path / "nested.onnx")))
+    assert onnx_layer_names(graph) == sorted(NESTED_LAYERS)
 
 
 def test_onnx_layer_nodes_subset_and_missing_layer(model, example_input, tmp_path):
