@@ -203,7 +203,7 @@ def objective_fn(ctx: SearchContext, objectives: Sequence[Objective], constraint
             with time_limit(trial_timeout):
                 step = (lambda at, *_: on_step(trial.number, at)) if on_step else None  # fine-tune progress
                 result = run_trial(ctx, plan, number=trial.number, on_stage=stage, log=step, screen=screen,
-                                   trained=trained.weights if trained else None)
+                                   trained=trained.weights if trained else None, finished=finished_checks(trial.study))
         except BudgetReached:
             raise  # not needed: the study already holds its budget
         except (HopelessTrial, DominatedPlan) as stop:
@@ -243,6 +243,16 @@ def evaluated_twin(study: optuna.Study, plan: Plan) -> FrozenTrial | None:
     wanted = plan.to_dict()
     return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                  if "result" in t.user_attrs and t.user_attrs["result"]["plan"] == wanted), None)
+
+
+def finished_checks(study: optuna.Study) -> list[tuple[list[list[float]], float]]:
+    """The early-stopping checkpoints of every completed fine-tune in the study, each with its trial's final drop."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        result = t.user_attrs.get("result", {})
+        if result.get("checks") and "accuracy_drop" in result.get("metrics", {}) and "reused_from" not in t.user_attrs:
+            out.append((result["checks"], float(result["metrics"]["accuracy_drop"])))
+    return out
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,9 @@ class Tracker:
         for step, loss, accuracy in result.curve:
             metrics += [Metric("finetune_loss", loss, _now(), step),
                         Metric("finetune_accuracy", accuracy, _now(), step)]
+        for step, drop, _, bound in result.checks:  # beside a stopped trial's, under the same names
+            metrics += [Metric("early_stop_subset_drop", drop, _now(), int(step)),
+                        Metric("early_stop_bound", bound, _now(), int(step))]
         self._log(run_id, metrics=metrics, tags={"state": "COMPLETE", "feasible": str(feasible).lower(),
                                                  "pareto": "false", "sha256": result.sha256, **(tags or {})})
         self.client.set_terminated(run_id, status="FINISHED")
@@ -156,7 +159,8 @@ class Tracker:
         metrics = [Metric(f"time_{k}_s", float(v), _now(), 0) for k, v in (timings or {}).items()]
         tags = {"state": "PRUNED", "feasible": "false", "pareto": "false", "pruned_reason": reason[:4000]}
         if record and "subset_drop" in record:
-            metrics.append(Metric("early_stop_subset_drop", float(record["subset_drop"]), _now(), int(record["step"])))
+            metrics += [Metric("early_stop_subset_drop", float(record["subset_drop"]), _now(), int(record["step"])),
+                        Metric("early_stop_bound", float(record["bound"]), _now(), int(record["step"]))]
         if record and "beaten_by" in record:  # the prescreen: the plan's figures before fine-tuning
             metrics += [Metric(f"before_finetune_{k}", float(v), _now(), 0) for k, v in record.items()
                         if k not in ("rule", "beaten_by")]

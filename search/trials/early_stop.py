@@ -30,6 +30,19 @@ is there:
   usually loses a little more than the torch fp32 model, so the fp32 drop at a check
   already underestimates the final drop. Leaving that out only makes the rule stop less.
 
+The slack is a guess made for every model; the study learns a tighter one as it runs (``learn``).
+Each fine-tune the rule lets through records its subset drop at every check, and its trial's
+final drop (the quantized file, all of validation) says how much of that the rest of the
+fine-tune recovered. Once ``learn_after`` finished fine-tunes were at least ``LEARN_MIN_DROP``
+points down at a check, the largest share of the drop any of them recovered, plus
+``learn_margin``, is taken as what a plan can still recover there, and the trial also stops when
+
+    drop > max(max_drop / (1 - share), LEARN_MIN_DROP) + z * se
+
+Shares are only learned from drops of at least ``LEARN_MIN_DROP`` (a small drop's share is
+mostly noise), so the learned bound is never below it either. The final drop includes what
+quantizing costs this model, which the fixed slack cannot see.
+
 The check leaves no trace on a trial it does not stop: eval mode updates no BatchNorm
 statistics and draws no random numbers, so the fine-tuned weights are the same bits.
 """
@@ -37,7 +50,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import optuna
@@ -51,6 +64,11 @@ if TYPE_CHECKING:
 
 CONSTRAINED = "accuracy_drop"  # the only constraint a partly fine-tuned torch model can estimate
 BATCH = 500
+LEARN_MIN_DROP = 2.0  # points; see the module docstring
+MAX_SHARE = 0.95      # a learned share is capped here, so the bound stays finite
+
+Checkpoint = tuple[int, float, float, float]
+"""One check a fine-tune passed: ``(step, subset drop, its standard error, bound)``."""
 
 
 class HopelessTrial(optuna.TrialPruned):
@@ -80,6 +98,9 @@ class EarlyStop:
     slack: Sequence[float] = (3.0, 1.5)     # points above the constraint allowed at each check
     z: float = 2.0                          # standard errors of the subset drop allowed on top
     front: bool = True                      # also hold a plan to its rival's drop (see the module)
+    learn: bool = True                      # tighten the slack from this study's finished fine-tunes
+    learn_after: int = 4                    # finished fine-tunes at least LEARN_MIN_DROP down at a check
+    learn_margin: float = 0.15              # added to the largest share of its drop one recovered
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checks", tuple(float(c) for c in self.checks))
@@ -90,8 +111,12 @@ class EarlyStop:
         if len(self.slack) != len(self.checks) or any(s < 0 for s in self.slack):
             raise ValueError(f"search.early_stop.slack={list(self.slack)}; allowed: one value >= 0 per check "
                              f"({len(self.checks)} checks)")
-        if not isinstance(self.front, bool):
-            raise ValueError(f"search.early_stop.front={self.front!r}; allowed: true or false")
+        for key in ("front", "learn"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"search.early_stop.{key}={getattr(self, key)!r}; allowed: true or false")
+        if self.learn_after < 1 or not 0 <= self.learn_margin < 1:
+            raise ValueError(f"search.early_stop needs learn_after >= 1 and learn_margin in [0, 1); got "
+                             f"learn_after={self.learn_after}, learn_margin={self.learn_margin}")
         if self.subset < 1 or self.z < 0:
             raise ValueError(f"search.early_stop needs subset >= 1 and z >= 0; got subset={self.subset}, "
                              f"z={self.z}")
@@ -108,6 +133,23 @@ class EarlyStop:
     def bound(self, max_drop: float, slack: float, se: float) -> float:
         """The largest subset drop a trial may show at a check and go on."""
         return max_drop + slack + self.z * se
+
+    def learned_bound(self, max_drop: float, share: float, se: float) -> float:
+        """The bound for a plan that recovers at most ``share`` of its drop after the check."""
+        return max(max_drop / (1 - share), LEARN_MIN_DROP) + self.z * se
+
+    def shares(self, finished: Iterable[tuple[Sequence[Checkpoint], float]]) -> dict[int, float]:
+        """``{check step: the share of its drop a plan can still recover}``, learned from ``finished``
+        fine-tunes (their checkpoints and final drop); a step with too few of them is left out."""
+        if not self.learn:
+            return {}
+        seen: dict[int, list[float]] = {}
+        for checkpoints, final in finished:
+            for step, drop, *_ in checkpoints:
+                if drop >= LEARN_MIN_DROP:
+                    seen.setdefault(int(step), []).append((drop - final) / drop)
+        return {step: min(max(found) + self.learn_margin, MAX_SHARE) for step, found in seen.items()
+                if len(found) >= self.learn_after}
 
 
 def paired_drop(baseline_correct: np.ndarray, model_correct: np.ndarray) -> tuple[float, float]:
@@ -148,37 +190,54 @@ class StopRule:
         model.train(was_training)
         return torch.cat(hits).numpy()
 
-    def check(self, steps: int, *, rival: Rival | None = None) -> Check:
-        """The checks of one fine-tune of ``steps`` updates, for a plan that ``rival`` (if any) beats."""
-        return Check(self, steps, rival if self.settings.front else None)
+    def check(self, steps: int, *, rival: Rival | None = None,
+              finished: Iterable[tuple[Sequence[Checkpoint], float]] = ()) -> Check:
+        """The checks of one fine-tune of ``steps`` updates, for a plan that ``rival`` (if any) beats;
+        ``finished``: the study's fine-tunes of ``steps`` that ran to the end (see :meth:`EarlyStop.shares`)."""
+        return Check(self, steps, rival if self.settings.front else None, self.settings.shares(finished))
 
-    def judge(self, model: nn.Module, *, step: int, steps: int, slack: float, rival: Rival | None = None) -> None:
-        """Raise :class:`HopelessTrial` when ``model`` is past the bound at ``step``."""
+    def judge(self, model: nn.Module, *, step: int, steps: int, slack: float, rival: Rival | None = None,
+              share: float | None = None) -> Checkpoint:
+        """The checkpoint of ``model`` at ``step``; raise :class:`HopelessTrial` when it is past the bound.
+
+        ``share``: what the study learned a plan still recovers after this check (None: not learned yet).
+        """
         drop, se = paired_drop(self.baseline_correct, self.correct(model))
         held_to = rival if rival is not None and rival.drop < self.max_drop else None
         limit = self.max_drop if held_to is None else held_to.drop
         bound = self.settings.bound(limit, slack, se)
+        allowance = f"+ slack {slack:g}"
+        if share is not None and self.settings.learned_bound(limit, share, se) < bound:
+            bound = self.settings.learned_bound(limit, share, se)
+            allowance = f"/ (1 - {share:.2f}, the most the study's finished fine-tunes recovered from here + margin)"
         if drop > bound:
             against = (f"{CONSTRAINED} <= {self.max_drop:g}" if held_to is None else
                        f"trial {held_to.number}, better on every other objective, dropped {held_to.drop:.2f}")
             reason = (f"fine-tune step {step}/{steps}: accuracy drop {drop:.2f} points on "
-                      f"{len(self.labels)} validation samples > bound {bound:.2f} ({against}, + slack {slack:g}, "
+                      f"{len(self.labels)} validation samples > bound {bound:.2f} ({against}, {allowance}, "
                       f"+ {self.settings.z:g} x s.e. {se:.2f})")
             raise HopelessTrial(reason, step=step, steps=steps, drop=drop, bound=bound,
                                 rival=None if held_to is None else held_to.number)
+        return step, drop, se, bound
 
 
 class Check:
-    """What ``finetune(check=..., check_at=...)`` takes: the rule, called at the scheduled steps."""
+    """What ``finetune(check=..., check_at=...)`` takes: the rule, called at the scheduled steps.
 
-    def __init__(self, rule: StopRule, steps: int, rival: Rival | None = None) -> None:
-        self.rule, self.steps, self.rival = rule, steps, rival
+    ``passed`` holds the checkpoints the fine-tune got through, for its trial's record.
+    """
+
+    def __init__(self, rule: StopRule, steps: int, rival: Rival | None = None,
+                 shares: dict[int, float] | None = None) -> None:
+        self.rule, self.steps, self.rival, self.shares = rule, steps, rival, shares or {}
         self.slack = rule.settings.schedule(steps)
         self.at = frozenset(self.slack)
+        self.passed: list[Checkpoint] = []
 
     def __call__(self, step: int, model: nn.Module) -> None:
         if step in self.slack:
-            self.rule.judge(model, step=step, steps=self.steps, slack=self.slack[step], rival=self.rival)
+            self.passed.append(self.rule.judge(model, step=step, steps=self.steps, slack=self.slack[step],
+                                               rival=self.rival, share=self.shares.get(step)))
 
 
 def stop_rule(settings: EarlyStop | None, constraints: Sequence[Constraint], *, baseline: nn.Module,

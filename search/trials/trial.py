@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from evaluators.base import EvalData, Evaluator
     from search.deploy.targets.base import Target
-    from search.trials.early_stop import StopRule
+    from search.trials.early_stop import Checkpoint, StopRule
     from spaces.space import Space
     from zoo.data import DataSplits
 
@@ -63,6 +63,7 @@ class TrialResult:
     sha256: str
     curve: Sequence[tuple[int, float, float]] = field(default_factory=tuple)
     before_finetune: Mapping[str, float] = field(default_factory=dict)  # size and speed, measured before
+    checks: Sequence[Checkpoint] = field(default_factory=tuple)  # the early-stopping checks it passed
 
     def confirmed(self, figures: Mapping[str, float] | None) -> TrialResult:
         """This result with the figures measured after the search; the in-search ones stay as ``search_*``."""
@@ -75,14 +76,15 @@ class TrialResult:
         """JSON-able form stored in the Optuna trial's user attributes."""
         return {"plan": self.plan.to_dict(), "metrics": dict(self.metrics), "timings": dict(self.timings),
                 "model_path": self.model_path, "sha256": self.sha256, "curve": [list(p) for p in self.curve],
-                "before_finetune": dict(self.before_finetune)}
+                "before_finetune": dict(self.before_finetune), "checks": [list(c) for c in self.checks]}
 
     @classmethod
     def from_attrs(cls, number: int, attrs: Mapping[str, Any]) -> TrialResult:
         return cls(number=number, plan=Plan.from_dict(attrs["plan"]), metrics=dict(attrs["metrics"]),
                    timings=dict(attrs["timings"]), model_path=attrs["model_path"], sha256=attrs["sha256"],
                    curve=tuple(tuple(p) for p in attrs.get("curve", ())),
-                   before_finetune=dict(attrs.get("before_finetune", {})))
+                   before_finetune=dict(attrs.get("before_finetune", {})),
+                   checks=tuple(tuple(c) for c in attrs.get("checks", ())))
 
 
 def sha256_of(*paths: Path) -> str:
@@ -137,10 +139,13 @@ class Stopwatch:
 
 
 def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable[[str], None] | None = None,
-              log: Logger | None = None, screen: Screen | None = None, trained: Path | None = None) -> TrialResult:
+              log: Logger | None = None, screen: Screen | None = None, trained: Path | None = None,
+              finished: Sequence[tuple[Sequence[Checkpoint], float]] = ()) -> TrialResult:
     """Build, export and score the model ``plan`` describes; files go to ``run_dir/trials/<number>``.
 
     ``screen`` sees the plan's size and speed before fine-tuning (search/trials/prescreen.py) and may end the trial.
+    ``finished``: the checkpoints and final drops of the study's fine-tunes that ran to the end, from which
+    the early-stopping rule learns how much a plan still recovers after each check.
     ``trained`` is an earlier trial's :data:`WEIGHTS` for the same structure (``Space.structure_of``): they are
     loaded instead of fine-tuning, which is fp32 and seeded, so it would compute them again; the kinds that
     act after it (precisions, sharing, sparsity) are what differs.
@@ -159,7 +164,7 @@ def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable
             with clock.stage("prescreen"):
                 before = structure_figures(ctx, model, plan, out_dir)
             rival = screen(before)
-        check = ctx.early_stop.check(ctx.finetune.steps, rival=rival) if ctx.early_stop else None
+        check = ctx.early_stop.check(ctx.finetune.steps, rival=rival, finished=finished) if ctx.early_stop else None
         with clock.stage("finetune"):
             if pruned and trained is not None:
                 model.load_state_dict(torch.load(trained, weights_only=True))
@@ -186,4 +191,4 @@ def run_trial(ctx: SearchContext, plan: Plan, *, number: int, on_stage: Callable
     clock.timings["total"] = round(sum(clock.timings.values()), 4)
     return TrialResult(number=number, plan=plan, metrics=metrics, timings=clock.timings,
                        model_path=str(model_path), sha256=sha256_of(*ctx.target.files(model_path)), curve=tuple(curve),
-                       before_finetune=before)
+                       before_finetune=before, checks=tuple(check.passed) if check else ())

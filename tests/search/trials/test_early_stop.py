@@ -19,7 +19,7 @@ from search.budget import claim_slot
 from search.trials.early_stop import EarlyStop, HopelessTrial, StopRule, paired_drop, stop_rule
 from search.trials.finetune import FinetuneSettings, finetune
 from search.trials.prescreen import Rival
-from search.trials.trial import run_trial
+from search.trials.trial import TrialResult, run_trial
 from search.runner import Job, build_context, prepare, preflight, run_search
 from search.sampler import make_sampler
 from search.study import BudgetCallback, FailureLimit, SearchSettings
@@ -47,6 +47,24 @@ def test_the_bound_is_the_constraint_plus_slack_plus_z_standard_errors():
     assert EarlyStop(z=0.0).bound(1.0, 3.0, 9.9) == pytest.approx(4.0)
 
 
+def test_the_study_learns_the_largest_share_recovered_after_each_check_plus_the_margin():
+    settings = EarlyStop(learn_after=2, learn_margin=0.1)
+    finished = [([(5, 10.0, 1.0, 9.0), (10, 4.0, 1.0, 6.0)], 2.0),   # recovered 80 %, then 50 %
+                ([(5, 4.0, 1.0, 9.0), (10, 2.5, 1.0, 6.0)], 3.0),    # recovered 25 %, then lost more
+                ([(5, 1.9, 1.0, 9.0), (10, 0.5, 1.0, 6.0)], 0.0)]    # too small a drop to learn from
+    assert settings.shares(finished) == {5: pytest.approx(0.9), 10: pytest.approx(0.6)}
+    assert EarlyStop(learn_after=3).shares(finished) == {}  # two drops of >= 2 points per check: too few
+    assert EarlyStop(learn_after=1, learn_margin=0.5).shares(finished[:1])[5] == 0.95  # capped: the bound stays finite
+    assert EarlyStop(learn=False, learn_after=1).shares(finished) == {}
+
+
+def test_the_learned_bound_divides_the_limit_by_what_is_left_and_never_falls_below_two_points():
+    settings = EarlyStop(z=2.0)
+    assert settings.learned_bound(1.0, 0.6, 0.5) == pytest.approx(1.0 / 0.4 + 1.0)
+    assert settings.learned_bound(1.0, 0.2, 0.5) == pytest.approx(2.0 + 1.0)
+    assert settings.learned_bound(-3.0, 0.5, 0.0) == pytest.approx(2.0)  # a rival more accurate than the baseline
+
+
 def test_paired_drop_counts_points_and_its_standard_error():
     base = np.ones(100, dtype=bool)
     model = np.r_[np.zeros(10, dtype=bool), np.ones(90, dtype=bool)]
@@ -65,6 +83,9 @@ def test_paired_drop_counts_points_and_its_standard_error():
     ({"subset": 0}, "subset >= 1"),
     ({"z": -1.0}, "z >= 0"),
     ({"front": "yes"}, "front='yes'; allowed: true or false"),
+    ({"learn": 1}, "learn=1; allowed: true or false"),
+    ({"learn_after": 0}, "learn_after >= 1"),
+    ({"learn_margin": 1.0}, r"learn_margin in \[0, 1\)"),
 ])
 def test_bad_settings_name_the_key_and_what_is_allowed(kwargs, words):
     with pytest.raises(ValueError, match=words):
@@ -149,6 +170,39 @@ def test_a_plan_that_cannot_end_more_accurate_than_its_rival_is_stopped_though_i
     assert (stop.drop, stop.bound) == (pytest.approx(4.0), pytest.approx(0.0 + 1.5 + 2.0 * se))
     assert "(trial 7, better on every other objective, dropped 0.00, + slack 1.5" in stop.reason
     assert stop.record()["rival"] == 7
+
+
+def test_what_the_study_learned_stops_a_plan_the_fixed_slack_lets_through():
+    rule = StopRule(EarlyStop(z=1.0), max_drop=1.0, baseline=Echo(), val=slip_data())
+    check = rule.check(15)
+    check(5, Slip())  # 4.0 points at step 5: under 1 + slack 3 + 1 s.e.
+    se = paired_drop(np.ones(400), np.arange(400) % 25 != 0)[1]
+    assert check.passed == [(5, pytest.approx(4.0), pytest.approx(se), pytest.approx(1.0 + 3.0 + se))]
+    # four finished fine-tunes that were 5 points down at step 5 and ended 4 down: 20 % recovered
+    finished = [([(5, 5.0, 1.0, 9.0)], 4.0)] * 4
+    with pytest.raises(HopelessTrial) as info:
+        rule.check(15, finished=finished)(5, Slip())
+    assert info.value.bound == pytest.approx(2.0 + se)  # max(1 / (1 - 0.35), 2) + 1 s.e.
+    assert "finished fine-tunes recovered" in info.value.reason and "(1 - 0.35" in info.value.reason
+    # three are too few to learn from, and a step learned elsewhere does not apply here
+    rule.check(15, finished=finished[:3])(5, Slip())
+    rule.check(15, finished=[([(10, 5.0, 1.0, 9.0)], 4.0)] * 4)(5, Slip())
+
+
+def test_the_study_hands_the_rule_its_completed_fine_tunes_but_not_reused_or_unchecked_results():
+    from search.study import finished_checks
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+
+    def add(checks, drop, **attrs):
+        result = {"checks": checks, "metrics": {"accuracy_drop": drop}}
+        study.add_trial(optuna.trial.create_trial(values=[1.0, 1.0], user_attrs={"result": result, **attrs}))
+
+    add([[5, 6.0, 1.0, 9.0]], 2.5)
+    add([[5, 6.0, 1.0, 9.0]], 2.5, reused_from=0)  # the same fine-tune counted once
+    add([], 0.5)                                     # unpruned, or weights loaded: nothing checked
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={"early_stop": {"step": 5}}))
+    assert finished_checks(study) == [([[5, 6.0, 1.0, 9.0]], 2.5)]
 
 
 @pytest.mark.parametrize("settings, rival", [(EarlyStop(), Rival(7, 1.5)), (EarlyStop(front=False), Rival(7, 0.0))],
@@ -312,6 +366,11 @@ def test_the_mlflow_run_of_a_stopped_trial_says_pruned_and_why(searched):
     assert "time_finetune_s" in hard.data.metrics and "early_stop_subset_drop" in hard.data.metrics
     assert "accuracy" not in hard.data.metrics
     assert by_trial[1].data.tags["state"] == "COMPLETE"
+    # the checks a completed fine-tune passed show on the same chart as the stopped one
+    passed = client.get_metric_history(by_trial[1].info.run_id, "early_stop_subset_drop")
+    assert [m.step for m in passed] == [5, 10]
+    light = outcome.study.trials[1].user_attrs["result"]["checks"]
+    assert [m.value for m in passed] == pytest.approx([c[1] for c in light])
 
 
 def test_the_progress_line_says_stopped_early(searched, caplog):
@@ -356,7 +415,10 @@ def test_the_trial_holds_the_fine_tune_to_the_rival_its_screen_found(tmp_path, s
         return rival
 
     if rival is None:
-        assert run_trial(ctx, plan, number=0, screen=screen).metrics["accuracy_drop"] < 100
+        result = run_trial(ctx, plan, number=0, screen=screen)
+        assert result.metrics["accuracy_drop"] < 100
+        assert [c[0] for c in result.checks] == [5, 10]  # both checks passed, and kept with the result
+        assert TrialResult.from_attrs(0, result.to_attrs()).checks == result.checks
     else:
         with pytest.raises(HopelessTrial) as info:
             run_trial(ctx, plan, number=0, screen=screen)
