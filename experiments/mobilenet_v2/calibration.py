@@ -36,7 +36,6 @@ BITS = {False: "8-bit weights", True: "7-bit weights"}
 AUTO = BITS[QuantSettings().reduce_range]  # what space.quant.reduce_range=auto chooses on this CPU
 SETTINGS = {
     f"minmax, {AUTO}": QuantSettings(calibration="minmax"),
-    f"entropy, {AUTO}": QuantSettings(calibration="entropy"),
     f"percentile 99.999 (ONNX Runtime's default), {AUTO}": QuantSettings(calibration="percentile", percentile=99.999),
     f"percentile 99.99 (autosqueeze's default), {AUTO}": QuantSettings(calibration="percentile", percentile=99.99),
     f"percentile 99.9, {AUTO}": QuantSettings(calibration="percentile", percentile=99.9),

@@ -1,6 +1,8 @@
 """quantize(): per-layer precisions on the exported tiny CNN, run by ONNX Runtime on real data."""
 from __future__ import annotations
 
+import contextlib
+import io
 from collections import Counter
 from pathlib import Path
 
@@ -11,12 +13,14 @@ import optuna
 import pytest
 import torch
 from onnx import TensorProto, numpy_helper
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from search.trials.finetune import FinetuneSettings, finetune
 from search.trials.onnx_export import export_onnx
 from spaces.base import PRECISIONS, PlanError
 from spaces.layers import layer_names, onnx_node_layers
-from spaces.quantization import ACTIVATION_TYPES, CALIBRATION, Precision, QuantSettings, int8_saturates, quantize
+from spaces.quantization import (ACTIVATION_TYPES, CALIBRATION, Precision, QuantSettings, _Batches, int8_saturates,
+                                 quantize)
 from tinynet import tiny_net
 
 LAYERS = ["stem.0", "layer1.conv1", "layer1.conv2", "down.0", "layer2.conv1", "layer2.conv2", "fc"]
@@ -358,8 +362,26 @@ def test_unknown_layer_in_precisions_is_a_plan_error(fp32_path, small_splits, tm
 
 def test_histogram_calibration_prints_nothing(fp32_path, small_splits, tmp_path, capfd):
     quant(fp32_path, tmp_path, {n: "int8" for n in LAYERS}, small_splits.calib, calibration="percentile")
-    quant(fp32_path, tmp_path, {n: "int8" for n in LAYERS}, small_splits.calib, calibration="entropy")
     assert capfd.readouterr().out == ""
+
+
+def test_entropy_calibration_is_refused_because_ort_gives_it_minmax_ranges(fp32_path, small_splits, tmp_path):
+    with pytest.raises(PlanError, match="calibration='entropy' is not offered.*allowed: minmax, percentile"):
+        QuantSettings(calibration="entropy")
+    # the reason, checked against the installed ONNX Runtime: its entropy calibrator, as quantize_static
+    # builds it, sets every activation scale exactly where minmax does
+    scales = {}
+    for method in (CalibrationMethod.MinMax, CalibrationMethod.Entropy):
+        out = tmp_path / f"{method.name}.onnx"
+        with contextlib.redirect_stdout(io.StringIO()):
+            reader = _Batches(onnx.load(str(fp32_path)).graph.input[0].name, small_splits.calib.astype(np.float32), 16)
+            quantize_static(str(fp32_path), str(out), reader,
+                            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, per_channel=True, calibrate_method=method)
+        scales[method] = {i.name: float(numpy_helper.to_array(i)) for i in onnx.load(str(out)).graph.initializer
+                          if i.name.endswith("_scale") and numpy_helper.to_array(i).size == 1}
+    assert len(scales[CalibrationMethod.MinMax]) > 5
+    assert scales[CalibrationMethod.Entropy] == scales[CalibrationMethod.MinMax]
 
 
 def test_reduce_range_stores_int8_weights_in_7_bits(fp32_path, reference, small_splits, tmp_path):
