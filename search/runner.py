@@ -241,7 +241,7 @@ def run_search(job: Job, *, worker_command: Sequence[str] | None = None) -> Sear
     storage = make_storage(job.storage_url, job.heartbeat, on_stale=_mark_killed(tracker))
     prepared = prepare(job, checked)
     study = open_study(job.search, storage, job.objectives, blocks=prepared[1].blocks,
-                       structure=prepared[1].structure_knobs)
+                       structure=prepared[1].structure_knobs, unchanged=prepared[1].uniform(0.0, "fp32").params())
     if job.config and "config" not in study.user_attrs:
         study.set_user_attr("config", job.config)
     check_fingerprint(study, fingerprint(data=job.data, baseline=prepared[0], constraints=job.constraints,

@@ -25,11 +25,26 @@ class SeededNSGAIISampler(optuna.samplers.NSGAIISampler):
 
     def __init__(self, *, blocks: Sequence[Sequence[str]] = (), block_move_prob: float = 0.0,
                  structure: Mapping[str, Any] | None = None, keep_structure_prob: float = 0.0,
-                 seed: int | None = None, **kwargs: Any) -> None:
+                 unchanged: Mapping[str, Any] | None = None, seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(seed=seed, **kwargs)
         self.blocks, self.block_move_prob = [tuple(b) for b in blocks], block_move_prob
         self.structure, self.keep_structure_prob = dict(structure or {}), keep_structure_prob
+        self.unchanged = dict(unchanged or {})
         self.move_rng = np.random.RandomState(seed)
+
+    def select_parent(self, study: Study, generation: int) -> list[FrozenTrial]:
+        """NSGA-II's parents, without the plan that changes nothing (``unchanged``: every knob neutral).
+
+        That reference is the front's most accurate member, and an extreme one, so NSGA-II's crowding
+        distance makes it a parent in every generation; uniform crossover with it hands each child about
+        half of its knobs neutral. On MobileNetV2 (experiments/mobilenet_v2) 19 of 36 trials were such
+        children, with 9 to 40 fp32 layers and speedups of 0.95-1.32x: the search spent half its budget
+        between the baseline and the plans it started from. Neutral values still come from mutation and
+        from the other parents.
+        """
+        population = self.get_population(study, generation - 1) + self.get_parent_population(study, generation - 1)
+        bred = [t for t in population if not self.unchanged or t.params != self.unchanged]
+        return self._elite_population_selection_strategy(study, bred or population)
 
     def sample_relative(self, study: Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
@@ -125,11 +140,12 @@ def constraint_violations(trial: FrozenTrial) -> Sequence[float]:
 
 def make_sampler(name: str, *, seed: int, population_size: int, blocks: Sequence[Sequence[str]] = (),
                  block_move_prob: float = 0.0, structure: Mapping[str, Any] | None = None,
-                 keep_structure_prob: float = 0.0) -> optuna.samplers.BaseSampler:
+                 keep_structure_prob: float = 0.0, unchanged: Mapping[str, Any] | None = None
+                 ) -> optuna.samplers.BaseSampler:
     if name == "nsga2":
         return SeededNSGAIISampler(population_size=population_size, seed=seed, constraints_func=constraint_violations,
                                    blocks=blocks, block_move_prob=block_move_prob, structure=structure,
-                                   keep_structure_prob=keep_structure_prob)
+                                   keep_structure_prob=keep_structure_prob, unchanged=unchanged)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, constraints_func=constraint_violations, multivariate=True)
     if name == "gp":

@@ -68,19 +68,20 @@ def feasible(trial: FrozenTrial) -> bool:
 
 def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage,
                objectives: Sequence[Objective], blocks: Sequence[Sequence[str]] = (),
-               structure: Mapping[str, Any] | None = None) -> optuna.Study:
+               structure: Mapping[str, Any] | None = None, unchanged: Mapping[str, Any] | None = None) -> optuna.Study:
     """Create the study, or load it when one of that name exists; its objectives must match.
 
     ``blocks`` are the knob names NSGA-II may move together (``Space.blocks``); ``structure`` the knobs
-    that shape the fine-tuned weights, with their neutral values (``Space.structure_knobs``).
+    that shape the fine-tuned weights, with their neutral values (``Space.structure_knobs``); ``unchanged``
+    the params of the plan that changes nothing, which NSGA-II does not breed from.
     """
     study = optuna.create_study(study_name=settings.study_name, storage=storage, load_if_exists=True,
                                 directions=[o.direction for o in objectives],
-                                sampler=_sampler(settings, blocks, structure))
+                                sampler=_sampler(settings, blocks, structure, unchanged))
     # A resumed study, or a second worker, must not replay the first run's random draws.
     offset = len(study.get_trials(deepcopy=False)) + (os.getpid() if os.environ.get(LOCAL_WORKER_ENV) else 0)
     if offset:
-        study.sampler = _sampler(settings, blocks, structure, seed=settings.seed + offset)
+        study.sampler = _sampler(settings, blocks, structure, unchanged, seed=settings.seed + offset)
     if study.user_attrs.get("objectives") is None:
         study.set_user_attr("objectives", [o.metric for o in objectives])
     check_objectives(study, objectives)
@@ -90,11 +91,11 @@ def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage,
 
 
 def _sampler(settings: SearchSettings, blocks: Sequence[Sequence[str]], structure: Mapping[str, Any] | None,
-             seed: int | None = None) -> optuna.samplers.BaseSampler:
+             unchanged: Mapping[str, Any] | None, seed: int | None = None) -> optuna.samplers.BaseSampler:
     return make_sampler(settings.sampler, seed=settings.seed if seed is None else seed,
                         population_size=settings.population_size, blocks=blocks,
                         block_move_prob=settings.block_move_prob, structure=structure,
-                        keep_structure_prob=settings.keep_structure_prob)
+                        keep_structure_prob=settings.keep_structure_prob, unchanged=unchanged)
 
 
 def check_objectives(study: optuna.Study, objectives: Sequence[Objective]) -> None:

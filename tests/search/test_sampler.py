@@ -42,6 +42,23 @@ def test_reference_plans_are_bred_from():
     assert best._trial_id in parent_ids
 
 
+def test_the_plan_that_changes_nothing_is_evaluated_but_never_bred_from():
+    unchanged = {f"quant.layer{i}": "fp32" for i in range(4)}
+
+    def parents(sampler: optuna.samplers.BaseSampler) -> tuple[optuna.Study, list[int]]:
+        study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+        study.enqueue_trial(unchanged)
+        study.optimize(objective, n_trials=10)
+        ids = study._storage.get_study_system_attrs(study._study_id)[f"{SeededNSGAIISampler.__name__}:parent:1"]
+        return study, ids
+
+    study, ids = parents(make_sampler("nsga2", seed=3, population_size=4))
+    assert study.trials[0]._trial_id in ids  # an extreme of the front (no int4): NSGA-II breeds from it
+    study, ids = parents(make_sampler("nsga2", seed=3, population_size=4, unchanged=unchanged))
+    assert study.trials[0].params == unchanged and study.trials[0].system_attrs.get(KEY) == 0
+    assert study.trials[0]._trial_id not in ids and len(ids) == 3  # the rest of generation 0
+
+
 def test_unknown_sampler_names_the_allowed_ones():
     with pytest.raises(ValueError, match="nsga2, tpe, gp, random"):
         make_sampler("grid", seed=0, population_size=4)
