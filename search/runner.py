@@ -338,6 +338,8 @@ def finish(job: Job, study: optuna.Study, ctx: SearchContext, tracker: Tracker |
         for number, figures in (record or {}).get("trials", {}).items():
             if run_ids.get(int(number)):
                 tracker.log_confirmed(run_ids[int(number)], figures)
+        # re-timing can move members in or out of the front the search tagged: the tags follow front.json
+        tracker.mark_front({run_ids[n]: n in kept for n in kept | {s.number for s in searched} if run_ids.get(n)})
         tracker.log_front(parent, {"hypervolume": hv, "front_size": len(members),
                                    "n_trials": len(study.trials)})
         for path in files:

@@ -149,3 +149,28 @@ def test_a_resumed_study_does_not_replay_its_random_draws(tmp_path):
     again.optimize(lambda t: [t.suggest_float("x", 0, 1), 0.0, 0.0], n_trials=2)
     xs = [t.params["x"] for t in again.trials]
     assert len(set(xs)) == 4, xs
+
+
+def test_mlflow_pareto_tags_follow_the_front_after_re_timing(tmp_path, small_splits, monkeypatch):
+    """A member that re-timing pushes off the front loses its ``pareto`` tag, as it leaves front.json."""
+    import search.runner as runner
+
+    measured = runner.confirm
+
+    def worse(study, ctx, members, settings):
+        record = measured(study, ctx, members, settings)
+        identity = results(study, as_searched=True)[0].metrics
+        # the int8 reference, as if the end of the search had measured it worse than the baseline on everything
+        record["trials"]["1"] = {"accuracy": 0.0, "size_bytes": 2 * identity["size_bytes"],
+                                 "latency_ms": 100 * identity["latency_ms"]}
+        study.set_user_attr("confirmed", record)
+        return record
+
+    monkeypatch.setattr(runner, "confirm", worse)
+    job = make_job(tmp_path, small_splits, study="retimed")
+    outcome = run_search(job)
+    assert 1 in {r.number for r in outcome.left}  # on the front the search tagged, off the one it ended with
+    client = MlflowClient(job.tracking.uri)
+    runs = client.search_runs([client.get_experiment_by_name("retimed").experiment_id], "tags.kind = 'trial'")
+    tags = {int(r.data.tags["trial"]): r.data.tags["pareto"] for r in runs}
+    assert tags == {n: str(n in {r.number for r in outcome.front}).lower() for n in tags}
