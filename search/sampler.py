@@ -37,8 +37,8 @@ class SeededNSGAIISampler(optuna.samplers.NSGAIISampler):
 
         That reference is the front's most accurate member, and an extreme one, so NSGA-II's crowding
         distance makes it a parent in every generation; uniform crossover with it hands each child about
-        half of its knobs neutral. On MobileNetV2 (experiments/mobilenet_v2) 19 of 36 trials were such
-        children, with 9 to 40 fp32 layers and speedups of 0.95-1.32x: the search spent half its budget
+        half of its knobs neutral. On MobileNetV2 (experiments/mobilenet_v2) 20 of 36 trials were such
+        children, with 9 to 40 fp32 layers and speedups of 0.95-1.32x: the search spent over half its budget
         between the baseline and the plans it started from. Neutral values still come from mutation and
         from the other parents.
         """
