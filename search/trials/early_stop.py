@@ -207,8 +207,9 @@ class StopRule:
         limit = self.max_drop if held_to is None else held_to.drop
         bound = self.settings.bound(limit, slack, se)
         allowance = f"+ slack {slack:g}"
-        if share is not None and self.settings.learned_bound(limit, share, se) < bound:
-            bound = self.settings.learned_bound(limit, share, se)
+        learned = math.inf if share is None else self.settings.learned_bound(limit, share, se)
+        if learned < bound:
+            bound = learned
             allowance = f"/ (1 - {share:.2f}, the most the study's finished fine-tunes recovered from here + margin)"
         if drop > bound:
             against = (f"{CONSTRAINED} <= {self.max_drop:g}" if held_to is None else
